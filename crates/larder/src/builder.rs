@@ -1,0 +1,230 @@
+//! The builder: a cache's settings, read like configuration.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::Error;
+use crate::cache::{Cache, Shared};
+use crate::flight::Flights;
+use crate::key::validate_namespace;
+use crate::policy::{Policies, Policy};
+use crate::tier::memory::MemoryTier;
+use crate::tier::redis::{RedisSettings, RedisTier};
+
+/// Default byte budget of the in-process tier.
+pub const DEFAULT_L1_MAX_BYTES: u64 = 64 * 1024 * 1024;
+/// Default timeout of one Redis command. A cache that waits longer than this
+/// for Redis is slower than the database it protects.
+pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(100);
+/// Default timeout of one connection attempt to Redis.
+pub const DEFAULT_REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default maximum length of a Redis key, in bytes.
+pub const DEFAULT_MAX_KEY_LEN: usize = 1024;
+
+/// Configures and builds a [`Cache`].
+///
+/// ```
+/// # async fn demo() -> Result<(), larder::Error> {
+/// use larder::{Cache, Policy};
+/// use std::time::Duration;
+///
+/// let cache = Cache::builder()
+///     .namespace("app")
+///     .l1_max_bytes(32 * 1024 * 1024)
+///     // .redis_url("redis://127.0.0.1:6379")   // adds the Redis tier
+///     .family(Policy::new("portfolio", "portfolio:{user_id}").ttl(Duration::from_secs(60)))
+///     .build()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[must_use = "call .build().await to get a Cache"]
+pub struct CacheBuilder {
+    namespace: String,
+    redis_url: Option<String>,
+    redis_timeout: Duration,
+    redis_connect_timeout: Duration,
+    l1_max_bytes: u64,
+    l1_max_ttl: Option<Duration>,
+    max_key_len: usize,
+    enabled: bool,
+    policies: Policies,
+}
+
+impl std::fmt::Debug for CacheBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The Redis URL may carry a password: say only whether there is one.
+        f.debug_struct("CacheBuilder")
+            .field("namespace", &self.namespace)
+            .field("redis", &self.redis_url.is_some())
+            .field("l1_max_bytes", &self.l1_max_bytes)
+            .field("enabled", &self.enabled)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for CacheBuilder {
+    fn default() -> Self {
+        CacheBuilder {
+            namespace: "larder".into(),
+            redis_url: None,
+            redis_timeout: DEFAULT_REDIS_TIMEOUT,
+            redis_connect_timeout: DEFAULT_REDIS_CONNECT_TIMEOUT,
+            l1_max_bytes: DEFAULT_L1_MAX_BYTES,
+            l1_max_ttl: None,
+            max_key_len: DEFAULT_MAX_KEY_LEN,
+            enabled: true,
+            policies: Policies::new(),
+        }
+    }
+}
+
+impl CacheBuilder {
+    /// The prefix of every Redis key (`app` gives `app:{portfolio:42}`).
+    /// Two applications sharing one Redis must use different namespaces.
+    /// Default `larder`.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// Adds the Redis tier. `redis://[user:password@]host[:port][/db]`, or
+    /// `rediss://` for TLS. Without it the cache is in-process only.
+    pub fn redis_url(mut self, url: impl Into<String>) -> Self {
+        self.redis_url = Some(url.into());
+        self
+    }
+
+    /// Like [`redis_url`](Self::redis_url), but `None` leaves the cache
+    /// in-process only: handy with `std::env::var("REDIS_URL").ok()`.
+    pub fn maybe_redis_url(mut self, url: Option<impl Into<String>>) -> Self {
+        self.redis_url = url.map(Into::into);
+        self
+    }
+
+    /// Timeout of each Redis command (default 100 ms). On timeout a read falls
+    /// back to the loader; a `set` or `invalidate` returns an error.
+    pub fn redis_timeout(mut self, timeout: Duration) -> Self {
+        self.redis_timeout = timeout;
+        self
+    }
+
+    /// Timeout of each connection attempt (default 1 s).
+    pub fn redis_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.redis_connect_timeout = timeout;
+        self
+    }
+
+    /// Byte budget of the in-process tier (default 64 MiB). `0` disables it.
+    pub fn l1_max_bytes(mut self, bytes: u64) -> Self {
+        self.l1_max_bytes = bytes;
+        self
+    }
+
+    /// Caps how long any entry stays in the in-process tier, whatever its TTL.
+    ///
+    /// With several processes sharing Redis, another process's `invalidate`
+    /// does not reach this process's L1: this cap bounds how stale such a copy
+    /// can get. Unset by default (an entry lives in L1 as long as in L2).
+    pub fn l1_max_ttl(mut self, ttl: Duration) -> Self {
+        self.l1_max_ttl = Some(ttl);
+        self
+    }
+
+    /// Longest accepted key, in bytes after escaping (default 1024). Longer
+    /// keys are refused with [`Error::KeyTooLong`].
+    pub fn max_key_len(mut self, bytes: usize) -> Self {
+        self.max_key_len = bytes;
+        self
+    }
+
+    /// `false` turns the cache off: every read calls the loader, writes and
+    /// invalidations do nothing. For "before" measurements and for bisecting
+    /// a bug to the cache. Default `true`.
+    pub fn enabled(mut self, enabled: bool) -> Self {
+        self.enabled = enabled;
+        self
+    }
+
+    /// Adds a family's policy (replacing one of the same name).
+    pub fn family(mut self, policy: Policy) -> Self {
+        self.policies.insert(policy);
+        self
+    }
+
+    /// Adds every policy of a set, e.g. one read with
+    /// [`Policies::from_toml_file`].
+    pub fn policies(mut self, policies: Policies) -> Self {
+        for p in policies.families.into_values() {
+            self.policies.insert(p);
+        }
+        self
+    }
+
+    /// Validates everything and connects. An unreachable Redis does not fail
+    /// the build (the cache serves from L1 and loaders until Redis answers);
+    /// a malformed URL, a bad policy or two families whose keys could collide
+    /// do.
+    pub async fn build(self) -> Result<Cache, Error> {
+        validate_namespace(&self.namespace)?;
+        if self.redis_timeout.is_zero() || self.redis_connect_timeout.is_zero() {
+            return Err(Error::config(
+                "cache",
+                "Redis timeouts must be greater than zero",
+            ));
+        }
+        if self.max_key_len < 64 {
+            return Err(Error::config(
+                "cache",
+                "max_key_len must be at least 64 bytes",
+            ));
+        }
+        let mut compiled = HashMap::new();
+        for p in self.policies.iter() {
+            compiled.insert(p.name.clone(), p.compile()?);
+        }
+        let names: Vec<&String> = compiled.keys().collect();
+        for (i, a) in names.iter().enumerate() {
+            for b in &names[i + 1..] {
+                let (pa, pb) = (&compiled[*a], &compiled[*b]);
+                if pa.template.may_overlap(&pb.template) {
+                    return Err(Error::config(
+                        a.as_str(),
+                        format!(
+                            "its keys (`{}`) could collide with family `{b}`'s (`{}`): give them different literal segments",
+                            pa.template.as_str(),
+                            pb.template.as_str()
+                        ),
+                    ));
+                }
+            }
+        }
+        crate::metrics::describe();
+        let l2 = match &self.redis_url {
+            Some(url) if self.enabled => Some(
+                RedisTier::connect(&RedisSettings {
+                    url: url.clone(),
+                    op_timeout: self.redis_timeout,
+                    connect_timeout: self.redis_connect_timeout,
+                })
+                .await?,
+            ),
+            _ => None,
+        };
+        let l1 =
+            (self.l1_max_bytes > 0 && self.enabled).then(|| MemoryTier::new(self.l1_max_bytes));
+        Ok(Cache {
+            shared: Arc::new(Shared {
+                namespace: self.namespace,
+                l1,
+                l1_max_ttl: self.l1_max_ttl,
+                l2,
+                flights: Arc::new(Flights::default()),
+                policies: compiled,
+                families: Mutex::new(HashMap::new()),
+                max_key_len: self.max_key_len,
+                enabled: self.enabled,
+            }),
+        })
+    }
+}

@@ -1,0 +1,445 @@
+//! Keys built from typed parts.
+//!
+//! The article builds keys with string interpolation (`` `portfolio:${userId}` ``)
+//! and later feeds them to `KEYS user:${userId}:*`. A user id of `*` then
+//! matches everybody, and an id of `1:orders` collides with another family's
+//! key. Here a key is a [`KeyTemplate`] (`portfolio:{user_id}`) filled with
+//! typed parts, and every part is percent-escaped so that it can contain
+//! neither the segment separator `:`, nor a Redis glob meta-character
+//! (`* ? [ ] \`), nor a hash-tag brace (`{ }`).
+//!
+//! The escaping is injective (`%` itself is escaped), and a template is made
+//! of whole `:`-separated segments, each either a literal or one placeholder,
+//! so two different part lists can never produce the same key.
+
+use std::fmt::Write as _;
+
+use crate::Error;
+
+/// Characters a part may keep as they are; every other byte becomes `%XX`.
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')
+}
+
+/// Appends `raw` to `out`, escaping every byte outside `[A-Za-z0-9_.-]` as
+/// `%XX` (upper-case hex, per UTF-8 byte).
+///
+/// The output never contains `:`, `{`, `}`, or a Redis glob meta-character, and
+/// distinct inputs give distinct outputs.
+///
+/// ```
+/// let mut key = String::new();
+/// larder::key::escape_into(&mut key, "a:b*");
+/// assert_eq!(key, "a%3Ab%2A");
+/// ```
+pub fn escape_into(out: &mut String, raw: &str) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    // Fast path: ids are nearly always plain.
+    if raw.bytes().all(is_unreserved) {
+        out.push_str(raw);
+        return;
+    }
+    for b in raw.bytes() {
+        if is_unreserved(b) {
+            out.push(b as char);
+        } else {
+            out.push('%');
+            out.push(HEX[(b >> 4) as usize] as char);
+            out.push(HEX[(b & 0xF) as usize] as char);
+        }
+    }
+}
+
+/// Receives the parts of a key in template order. Handed to
+/// [`KeyPart::write_part`].
+pub struct PartWriter<'a> {
+    out: &'a mut String,
+    template: &'a KeyTemplate,
+    /// Index of the next template segment to emit.
+    next: usize,
+    /// Parts written so far.
+    written: usize,
+}
+
+impl PartWriter<'_> {
+    /// Writes one part as text; it is escaped on the way in.
+    pub fn text(&mut self, raw: &str) {
+        self.begin_part();
+        escape_into(self.out, raw);
+    }
+
+    /// Writes one integer part (never needs escaping).
+    pub fn int(&mut self, n: impl itoa::Integer) {
+        self.begin_part();
+        let mut buf = itoa::Buffer::new();
+        self.out.push_str(buf.format(n));
+    }
+
+    /// Emits the literal segments that come before the next placeholder.
+    fn begin_part(&mut self) {
+        let segments = &self.template.segments;
+        // Literals up to the next placeholder.
+        while let Some(Segment::Literal(lit)) = segments.get(self.next) {
+            self.push_separator();
+            self.out.push_str(lit);
+            self.next += 1;
+        }
+        self.push_separator();
+        // Step over the placeholder this part fills. Extra parts run `next`
+        // past the end; the caller sees `written != arity` and rejects the key.
+        self.next += 1;
+        self.written += 1;
+    }
+
+    fn push_separator(&mut self) {
+        if self.next > 0 {
+            self.out.push(':');
+        }
+    }
+
+    /// Emits trailing literals; returns how many parts were written.
+    fn finish(mut self) -> usize {
+        let segments = &self.template.segments;
+        while let Some(Segment::Literal(lit)) = segments.get(self.next) {
+            self.push_separator();
+            self.out.push_str(lit);
+            self.next += 1;
+        }
+        self.written
+    }
+}
+
+/// One typed part of a key: an id, a symbol, a date...
+///
+/// Implemented for integers and strings. Implement it for your own id types:
+///
+/// ```
+/// use larder::key::{KeyPart, PartWriter};
+///
+/// struct Symbol(String);
+///
+/// impl KeyPart for Symbol {
+///     fn write_part(&self, w: &mut PartWriter<'_>) {
+///         w.text(&self.0);
+///     }
+/// }
+/// ```
+pub trait KeyPart {
+    /// Writes this part through `w` (which escapes it).
+    fn write_part(&self, w: &mut PartWriter<'_>);
+}
+
+macro_rules! int_parts {
+    ($($t:ty),*) => {$(
+        impl KeyPart for $t {
+            fn write_part(&self, w: &mut PartWriter<'_>) { w.int(*self) }
+        }
+    )*};
+}
+int_parts!(
+    i8, i16, i32, i64, i128, isize, u8, u16, u32, u64, u128, usize
+);
+
+impl KeyPart for str {
+    fn write_part(&self, w: &mut PartWriter<'_>) {
+        w.text(self)
+    }
+}
+
+impl KeyPart for String {
+    fn write_part(&self, w: &mut PartWriter<'_>) {
+        w.text(self)
+    }
+}
+
+impl<T: KeyPart + ?Sized> KeyPart for &T {
+    fn write_part(&self, w: &mut PartWriter<'_>) {
+        (**self).write_part(w)
+    }
+}
+
+/// The whole key of a family: one [`KeyPart`], or a tuple of them for
+/// templates with several placeholders.
+///
+/// `ARITY` is checked against the template when the family is opened, so a
+/// `Family<(u64, String), _>` cannot be opened on `portfolio:{user_id}`.
+pub trait KeyParts {
+    /// How many placeholders this key fills.
+    const ARITY: usize;
+    /// Writes every part, in template order.
+    fn write_parts(&self, w: &mut PartWriter<'_>);
+}
+
+impl<T: KeyPart> KeyParts for T {
+    const ARITY: usize = 1;
+    fn write_parts(&self, w: &mut PartWriter<'_>) {
+        self.write_part(w)
+    }
+}
+
+impl KeyParts for () {
+    const ARITY: usize = 0;
+    fn write_parts(&self, _: &mut PartWriter<'_>) {}
+}
+
+macro_rules! tuple_parts {
+    ($n:expr; $($name:ident . $idx:tt),+) => {
+        impl<$($name: KeyPart),+> KeyParts for ($($name,)+) {
+            const ARITY: usize = $n;
+            fn write_parts(&self, w: &mut PartWriter<'_>) {
+                $( self.$idx.write_part(w); )+
+            }
+        }
+    };
+}
+tuple_parts!(1; A.0);
+tuple_parts!(2; A.0, B.1);
+tuple_parts!(3; A.0, B.1, C.2);
+tuple_parts!(4; A.0, B.1, C.2, D.3);
+tuple_parts!(5; A.0, B.1, C.2, D.3, E.4);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    Placeholder(String),
+}
+
+/// A parsed key template such as `stock:{symbol}:price`.
+///
+/// Rules, so that keys stay unambiguous: the template is a list of
+/// `:`-separated segments; each segment is either a literal made of
+/// `[A-Za-z0-9_.-]` or exactly one `{placeholder}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyTemplate {
+    source: String,
+    segments: Vec<Segment>,
+}
+
+impl KeyTemplate {
+    /// Parses and validates a template.
+    ///
+    /// ```
+    /// let t = larder::key::KeyTemplate::parse("stock:{symbol}:price").unwrap();
+    /// assert_eq!(t.arity(), 1);
+    /// assert!(larder::key::KeyTemplate::parse("stock{symbol}").is_err());
+    /// ```
+    pub fn parse(source: &str) -> Result<Self, String> {
+        if source.is_empty() {
+            return Err("key template is empty".into());
+        }
+        let mut segments = Vec::new();
+        for seg in source.split(':') {
+            if seg.is_empty() {
+                return Err(format!("key template `{source}` has an empty segment"));
+            }
+            if let Some(inner) = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                if inner.is_empty()
+                    || !inner
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                {
+                    return Err(format!(
+                        "key template `{source}`: placeholder `{seg}` must be `{{name}}` with a name of letters, digits and `_`"
+                    ));
+                }
+                segments.push(Segment::Placeholder(inner.to_string()));
+            } else if seg.bytes().all(is_unreserved) {
+                segments.push(Segment::Literal(seg.to_string()));
+            } else {
+                return Err(format!(
+                    "key template `{source}`: segment `{seg}` must be a literal of [A-Za-z0-9_.-] or exactly one `{{placeholder}}` between `:` separators"
+                ));
+            }
+        }
+        Ok(Self {
+            source: source.to_string(),
+            segments,
+        })
+    }
+
+    /// The template as written.
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+
+    /// Number of placeholders.
+    pub fn arity(&self) -> usize {
+        self.segments
+            .iter()
+            .filter(|s| matches!(s, Segment::Placeholder(_)))
+            .count()
+    }
+
+    /// The placeholder names, in order.
+    pub fn placeholders(&self) -> impl Iterator<Item = &str> {
+        self.segments.iter().filter_map(|s| match s {
+            Segment::Placeholder(p) => Some(p.as_str()),
+            Segment::Literal(_) => None,
+        })
+    }
+
+    /// Whether some key of `self` could equal some key of `other`.
+    ///
+    /// Escaped parts can spell any literal, so two templates can collide when
+    /// they have the same number of segments and every pair of segments is
+    /// either two equal literals or involves a placeholder.
+    pub fn may_overlap(&self, other: &KeyTemplate) -> bool {
+        self.segments.len() == other.segments.len()
+            && self
+                .segments
+                .iter()
+                .zip(&other.segments)
+                .all(|pair| match pair {
+                    (Segment::Literal(a), Segment::Literal(b)) => a == b,
+                    _ => true,
+                })
+    }
+
+    /// Appends the filled template for `parts` to `out`.
+    ///
+    /// Returns the number of placeholders filled, which the caller compares
+    /// with [`KeyTemplate::arity`].
+    pub(crate) fn fill_into<P: KeyParts + ?Sized>(&self, out: &mut String, parts: &P) -> usize {
+        let mut w = PartWriter {
+            out,
+            template: self,
+            next: 0,
+            written: 0,
+        };
+        parts.write_parts(&mut w);
+        w.finish()
+    }
+
+    /// Fills the template with `parts`, escaping each one. For display and
+    /// tests; the cache adds its namespace and hash tag around this.
+    ///
+    /// ```
+    /// let t = larder::key::KeyTemplate::parse("stock:{symbol}:price").unwrap();
+    /// assert_eq!(t.fill(&"RELIANCE").unwrap(), "stock:RELIANCE:price");
+    /// assert_eq!(t.fill(&"a:b").unwrap(), "stock:a%3Ab:price");
+    /// ```
+    pub fn fill<P: KeyParts + ?Sized>(&self, parts: &P) -> Result<String, String> {
+        let mut out = String::new();
+        let filled = self.fill_into(&mut out, parts);
+        if filled != self.arity() {
+            return Err(format!(
+                "template `{}` has {} placeholder(s) but {} part(s) were given",
+                self.source,
+                self.arity(),
+                filled
+            ));
+        }
+        Ok(out)
+    }
+}
+
+/// Checks a namespace prefix: non-empty, `[A-Za-z0-9_.-]` and `:` only.
+pub(crate) fn validate_namespace(ns: &str) -> Result<(), Error> {
+    if ns.is_empty() || ns.len() > 64 {
+        return Err(Error::config(
+            "cache",
+            "namespace must be 1 to 64 characters",
+        ));
+    }
+    if !ns.bytes().all(|b| is_unreserved(b) || b == b':') {
+        return Err(Error::config(
+            "cache",
+            format!("namespace `{ns}` may only contain [A-Za-z0-9_.-:]"),
+        ));
+    }
+    Ok(())
+}
+
+/// Writes the full Redis key: `<namespace>:{<filled template>}`.
+///
+/// The braces are a Redis Cluster hash tag: a value and the helper keys that
+/// later live beside it (`...}:lease`) hash to one slot, so one script can
+/// touch them all. Escaped parts cannot contain braces, so the tag is always
+/// exactly the filled template.
+pub(crate) fn full_key<P: KeyParts + ?Sized>(
+    namespace: &str,
+    template: &KeyTemplate,
+    parts: &P,
+) -> (String, usize) {
+    let mut out = String::with_capacity(namespace.len() + template.source.len() + 24);
+    out.push_str(namespace);
+    out.push_str(":{");
+    let filled = template.fill_into(&mut out, parts);
+    out.push('}');
+    (out, filled)
+}
+
+/// Formats a duration for messages (`1.5s`, `250ms`).
+pub(crate) fn fmt_duration(d: std::time::Duration) -> String {
+    let mut s = String::new();
+    if d.as_millis() < 1000 {
+        let _ = write!(s, "{}ms", d.as_millis());
+    } else {
+        let _ = write!(s, "{}s", d.as_secs_f64());
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> KeyTemplate {
+        KeyTemplate::parse(s).unwrap()
+    }
+
+    #[test]
+    fn fills_literals_around_placeholders() {
+        assert_eq!(t("portfolio:{id}").fill(&42u64).unwrap(), "portfolio:42");
+        assert_eq!(
+            t("stock:{symbol}:price").fill(&"RELIANCE").unwrap(),
+            "stock:RELIANCE:price"
+        );
+        assert_eq!(t("a:{x}:b:{y}:c").fill(&(1, "z")).unwrap(), "a:1:b:z:c");
+        assert_eq!(t("config").fill(&()).unwrap(), "config");
+        assert_eq!(t("{x}:{y}").fill(&("", "")).unwrap(), ":");
+    }
+
+    #[test]
+    fn arity_mismatch_is_reported() {
+        assert!(t("a:{x}:{y}").fill(&1).is_err());
+        assert!(t("a:{x}").fill(&(1, 2)).is_err());
+        assert!(t("a").fill(&1).is_err());
+    }
+
+    #[test]
+    fn hostile_parts_are_escaped() {
+        let tpl = t("user:{id}:orders");
+        assert_eq!(tpl.fill(&"*").unwrap(), "user:%2A:orders");
+        assert_eq!(tpl.fill(&"x}").unwrap(), "user:x%7D:orders");
+        assert_eq!(tpl.fill(&"1:orders").unwrap(), "user:1%3Aorders:orders");
+        assert_eq!(tpl.fill(&"%2A").unwrap(), "user:%252A:orders");
+        assert_eq!(tpl.fill(&"é").unwrap(), "user:%C3%A9:orders");
+    }
+
+    #[test]
+    fn bad_templates_are_rejected() {
+        for bad in [
+            "", "a::b", "a{x}", "{x}y", "{}", "{a b}", "a b", "a:{x", "a*",
+        ] {
+            assert!(KeyTemplate::parse(bad).is_err(), "{bad} should be rejected");
+        }
+    }
+
+    #[test]
+    fn overlap_detection() {
+        assert!(t("user:{id}").may_overlap(&t("user:{name}")));
+        assert!(t("user:{id}").may_overlap(&t("user:settings")));
+        assert!(t("{a}:price").may_overlap(&t("stock:{b}")));
+        assert!(!t("user:{id}").may_overlap(&t("user:{id}:profile")));
+        assert!(!t("stock:{s}:price").may_overlap(&t("stock:{s}:depth")));
+        assert!(!t("portfolio:{id}").may_overlap(&t("watchlist:{id}")));
+    }
+
+    #[test]
+    fn full_key_wraps_template_in_hash_tag() {
+        let (k, n) = full_key("app", &t("portfolio:{id}"), &7u32);
+        assert_eq!(k, "app:{portfolio:7}");
+        assert_eq!(n, 1);
+    }
+}

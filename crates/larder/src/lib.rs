@@ -1,0 +1,75 @@
+//! # larder
+//!
+//! A two-tier cache for Rust services that sit in front of a database: an
+//! in-process tier (L1, decoded values, no I/O on a hit) in front of Redis
+//! (L2, shared by every process), in front of your loaders.
+//!
+//! It implements the patterns of "How Redis Caching Actually Works" without
+//! the bugs of that article's snippets:
+//!
+//! - **Cache-aside** with [`Family::get_or_load`]: L1 → Redis → loader, with
+//!   TTLs, jitter, and negative caching of "not found".
+//! - **Stampede protection** within a process: concurrent misses on one key
+//!   share one load (single-flight) instead of sleeping and retrying.
+//! - **Batch reads** with [`Family::get_many`]: one `MGET`, one loader call.
+//! - **Typed keys** ([`key`]): user input is escaped, so `*` or `a:b` in an id
+//!   can neither collide with another key nor widen a pattern.
+//! - **Redis failures** are routed around: every command has a timeout, and a
+//!   read whose Redis call fails is answered by the loader.
+//! - **Bad data is a miss**: a value in Redis that does not decode is counted,
+//!   deleted and reloaded ([`codec`](crate::Codec) layout is versioned).
+//! - **Hit-rate monitoring** per family through the `metrics` facade
+//!   (see the [`metrics`](crate::FamilyStats) table) and [`Family::stats`].
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), larder::Error> {
+//! use larder::{Cache, Policy};
+//! use std::time::Duration;
+//!
+//! #[derive(serde::Serialize, serde::Deserialize)]
+//! struct Portfolio { user_id: u64, total: String }
+//!
+//! let cache = Cache::builder()
+//!     .namespace("app")
+//!     // .redis_url("redis://127.0.0.1:6379")   // add the shared tier
+//!     .family(Policy::new("portfolio", "portfolio:{user_id}").ttl(Duration::from_secs(60)))
+//!     .build()
+//!     .await?;
+//! let portfolios = cache.family::<u64, Portfolio>("portfolio")?;
+//!
+//! let p = portfolios
+//!     .get_or_load(&42, || async {
+//!         // On a miss: query the database. Ok(None) means "no such user".
+//!         Ok::<_, std::io::Error>(Some(Portfolio { user_id: 42, total: "1234.50".into() }))
+//!     })
+//!     .await?;
+//! assert_eq!(p.unwrap().total, "1234.50");
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
+
+mod builder;
+mod cache;
+mod codec;
+mod error;
+mod family;
+mod flight;
+pub mod key;
+mod metrics;
+mod policy;
+mod tier;
+
+pub use builder::{
+    CacheBuilder, DEFAULT_L1_MAX_BYTES, DEFAULT_MAX_KEY_LEN, DEFAULT_REDIS_CONNECT_TIMEOUT,
+    DEFAULT_REDIS_TIMEOUT,
+};
+pub use cache::{Cache, L1Usage};
+pub use error::{BoxError, Error, LoaderError};
+pub use family::Family;
+pub use metrics::FamilyStats;
+pub use policy::{
+    Codec, DEFAULT_COMPRESS_ABOVE, DEFAULT_MAX_VALUE_SIZE, DEFAULT_NEGATIVE_TTL, Jitter, Policies,
+    Policy, Strategy, Ttl,
+};

@@ -1,0 +1,213 @@
+//! Per-family counters, exported through the `metrics` facade.
+//!
+//! Labels are the family name and a small fixed set of results: never the key,
+//! whose cardinality would swamp any metrics backend.
+//!
+//! Handles are registered once, when a family is opened, so the hot path is
+//! an atomic add rather than a registry lookup. The consequence: install your
+//! `metrics` recorder (e.g. the Prometheus exporter) *before* building the
+//! cache, or the handles will point at the no-op recorder.
+//!
+//! Each family also keeps its own atomic totals, readable with
+//! [`Family::stats`](crate::Family::stats) without any recorder.
+//!
+//! | metric | kind | labels |
+//! |---|---|---|
+//! | `larder_cache_requests_total` | counter | `family`, `result` = `hit_l1` / `hit_l2` / `miss` / `negative_hit` |
+//! | `larder_loader_calls_total` | counter | `family` |
+//! | `larder_loader_errors_total` | counter | `family` |
+//! | `larder_loader_duration_seconds` | histogram | `family` |
+//! | `larder_decode_errors_total` | counter | `family` |
+//! | `larder_redis_errors_total` | counter | `family` |
+//! | `larder_oversize_values_total` | counter | `family` |
+//! | `larder_l1_evictions_total` | counter | (none: L1 is shared by all families) |
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use metrics::{Counter, Histogram, counter, describe_counter, describe_histogram, histogram};
+
+/// A snapshot of one family's counters since the cache was built.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FamilyStats {
+    /// Values served from the in-process tier.
+    pub hits_l1: u64,
+    /// Values served from Redis.
+    pub hits_l2: u64,
+    /// Remembered "not found" answers served from either tier.
+    pub negative_hits: u64,
+    /// Requests that had to wait for the loader (including those that shared
+    /// another caller's load).
+    pub misses: u64,
+    /// Times the loader actually ran.
+    pub loader_calls: u64,
+    /// Times the loader returned an error.
+    pub loader_errors: u64,
+    /// Values in Redis that did not decode (and were deleted).
+    pub decode_errors: u64,
+    /// Redis commands that failed or timed out.
+    pub redis_errors: u64,
+    /// Values too large to cache.
+    pub oversize: u64,
+}
+
+impl FamilyStats {
+    /// All requests.
+    pub fn requests(&self) -> u64 {
+        self.hits_l1 + self.hits_l2 + self.negative_hits + self.misses
+    }
+
+    /// Share of requests answered without the loader, in `[0, 1]`; `None`
+    /// before the first request. The article's rule of thumb: below 0.8,
+    /// rethink what you cache and for how long.
+    pub fn hit_rate(&self) -> Option<f64> {
+        let total = self.requests();
+        (total > 0).then(|| (total - self.misses) as f64 / total as f64)
+    }
+}
+
+#[derive(Default)]
+struct Totals {
+    hits_l1: AtomicU64,
+    hits_l2: AtomicU64,
+    negative_hits: AtomicU64,
+    misses: AtomicU64,
+    loader_calls: AtomicU64,
+    loader_errors: AtomicU64,
+    decode_errors: AtomicU64,
+    redis_errors: AtomicU64,
+    oversize: AtomicU64,
+}
+
+/// How one request was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    HitL1,
+    HitL2,
+    NegativeHit,
+    Miss,
+}
+
+/// The metric handles and totals of one family.
+pub(crate) struct FamilyMetrics {
+    hit_l1: Counter,
+    hit_l2: Counter,
+    negative_hit: Counter,
+    miss: Counter,
+    loader_calls: Counter,
+    loader_errors: Counter,
+    loader_seconds: Histogram,
+    decode_errors: Counter,
+    redis_errors: Counter,
+    oversize: Counter,
+    totals: Totals,
+}
+
+/// Registers descriptions once per process; harmless to repeat.
+pub(crate) fn describe() {
+    describe_counter!(
+        "larder_cache_requests_total",
+        "Cache requests by family and result (hit_l1, hit_l2, miss, negative_hit)."
+    );
+    describe_counter!(
+        "larder_loader_calls_total",
+        "Loader (database) calls by family."
+    );
+    describe_counter!(
+        "larder_loader_errors_total",
+        "Loader calls that returned an error."
+    );
+    describe_histogram!(
+        "larder_loader_duration_seconds",
+        metrics::Unit::Seconds,
+        "Time spent in the loader."
+    );
+    describe_counter!(
+        "larder_decode_errors_total",
+        "Values in Redis that did not decode and were treated as misses."
+    );
+    describe_counter!(
+        "larder_redis_errors_total",
+        "Redis commands that failed or timed out."
+    );
+    describe_counter!(
+        "larder_oversize_values_total",
+        "Values over the family's max_value_size, returned uncached."
+    );
+    describe_counter!(
+        "larder_l1_evictions_total",
+        "L1 entries evicted to stay within the byte budget."
+    );
+}
+
+impl FamilyMetrics {
+    pub fn new(family: &str) -> Self {
+        let family = family.to_owned();
+        let requests = |result: &'static str| counter!("larder_cache_requests_total", "family" => family.clone(), "result" => result);
+        FamilyMetrics {
+            hit_l1: requests("hit_l1"),
+            hit_l2: requests("hit_l2"),
+            negative_hit: requests("negative_hit"),
+            miss: requests("miss"),
+            loader_calls: counter!("larder_loader_calls_total", "family" => family.clone()),
+            loader_errors: counter!("larder_loader_errors_total", "family" => family.clone()),
+            loader_seconds: histogram!("larder_loader_duration_seconds", "family" => family.clone()),
+            decode_errors: counter!("larder_decode_errors_total", "family" => family.clone()),
+            redis_errors: counter!("larder_redis_errors_total", "family" => family.clone()),
+            oversize: counter!("larder_oversize_values_total", "family" => family),
+            totals: Totals::default(),
+        }
+    }
+
+    pub fn request(&self, outcome: Outcome) {
+        let (c, t) = match outcome {
+            Outcome::HitL1 => (&self.hit_l1, &self.totals.hits_l1),
+            Outcome::HitL2 => (&self.hit_l2, &self.totals.hits_l2),
+            Outcome::NegativeHit => (&self.negative_hit, &self.totals.negative_hits),
+            Outcome::Miss => (&self.miss, &self.totals.misses),
+        };
+        c.increment(1);
+        t.fetch_add(1, Relaxed);
+    }
+
+    pub fn loader_call(&self, took: Duration, ok: bool) {
+        self.loader_calls.increment(1);
+        self.totals.loader_calls.fetch_add(1, Relaxed);
+        self.loader_seconds.record(took.as_secs_f64());
+        if !ok {
+            self.loader_errors.increment(1);
+            self.totals.loader_errors.fetch_add(1, Relaxed);
+        }
+    }
+
+    pub fn decode_error(&self) {
+        self.decode_errors.increment(1);
+        self.totals.decode_errors.fetch_add(1, Relaxed);
+    }
+
+    pub fn redis_error(&self) {
+        self.redis_errors.increment(1);
+        self.totals.redis_errors.fetch_add(1, Relaxed);
+    }
+
+    pub fn oversize(&self) {
+        self.oversize.increment(1);
+        self.totals.oversize.fetch_add(1, Relaxed);
+    }
+
+    pub fn snapshot(&self) -> FamilyStats {
+        let t = &self.totals;
+        FamilyStats {
+            hits_l1: t.hits_l1.load(Relaxed),
+            hits_l2: t.hits_l2.load(Relaxed),
+            negative_hits: t.negative_hits.load(Relaxed),
+            misses: t.misses.load(Relaxed),
+            loader_calls: t.loader_calls.load(Relaxed),
+            loader_errors: t.loader_errors.load(Relaxed),
+            decode_errors: t.decode_errors.load(Relaxed),
+            redis_errors: t.redis_errors.load(Relaxed),
+            oversize: t.oversize.load(Relaxed),
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! A private `redis-server` per test, for tests that watch server-wide
+//! counters (`INFO commandstats`) or break the server on purpose.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `redis-server` child process on a free loopback port, killed on drop.
+pub struct RedisServer {
+    child: Child,
+    port: u16,
+}
+
+impl RedisServer {
+    /// Starts a server with persistence off and waits until it logs that it
+    /// accepts connections. `extra` are more `--option value` arguments.
+    pub fn start(extra: &[&str]) -> RedisServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or_else(|e| panic!("no free loopback port: {e}"));
+        let mut child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run redis-server ({e}): install it with `apt-get install redis-server` \
+                     or run ./scripts/test, which does"
+                )
+            });
+        let stdout = child.stdout.take().expect("stdout was piped");
+        // Read the log until the server says it is ready (bounded: a server
+        // that exits closes the pipe and ends the loop).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut ready = false;
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("Ready to accept connections") {
+                ready = true;
+                break;
+            }
+            if Instant::now() > deadline {
+                break;
+            }
+        }
+        if !ready {
+            let _ = child.kill();
+            panic!("redis-server on port {port} did not become ready");
+        }
+        RedisServer { child, port }
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A connection for the test's own commands.
+    pub async fn connect(&self) -> redis::aio::MultiplexedConnection {
+        let client = redis::Client::open(self.url()).expect("valid url");
+        client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("private redis-server accepts connections")
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
