@@ -1,0 +1,174 @@
+//! Wiring: settings → database → cache → router → server.
+
+use anyhow::Context;
+use larder::{Cache, Family, Policies};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+
+use crate::db::Db;
+use crate::db::seed::{self, SeedPlan};
+use crate::portfolio::Portfolio;
+use crate::settings::{ServeArgs, redact};
+use crate::{http, telemetry};
+
+/// The built-in cache policies (crates/trading/cache.toml).
+pub const DEFAULT_POLICIES: &str = include_str!("../cache.toml");
+
+/// What every handler shares. Cheap to clone: pools and caches are handles.
+#[derive(Clone)]
+pub struct AppState {
+    /// The database.
+    pub db: Db,
+    /// The cache (for health and ops endpoints).
+    pub cache: Cache,
+    /// `portfolio:{user_id}`, cache-aside.
+    pub portfolios: Family<i64, Portfolio>,
+    /// Renders `/metrics`.
+    pub metrics: PrometheusHandle,
+}
+
+/// Reads the policy file named in the settings, or the built-in one.
+pub fn policies(args: &ServeArgs) -> anyhow::Result<Policies> {
+    Ok(match &args.cache_config {
+        Some(path) => Policies::from_toml_file(path)?,
+        None => Policies::from_toml_str(DEFAULT_POLICIES).context("built-in cache.toml")?,
+    })
+}
+
+impl AppState {
+    /// Builds the cache and opens the families over `db`.
+    pub async fn new(args: &ServeArgs, db: Db) -> anyhow::Result<AppState> {
+        let metrics = telemetry::prometheus();
+        let cache = Cache::builder()
+            .namespace(&args.namespace)
+            .maybe_redis_url(args.redis_url.clone())
+            .redis_timeout(args.redis_timeout)
+            .l1_max_bytes(args.l1_max_bytes)
+            .enabled(!args.no_cache)
+            .policies(policies(args)?)
+            .build()
+            .await
+            .context("building the cache")?;
+        let portfolios = cache
+            .family::<i64, Portfolio>("portfolio")
+            .context("the cache policies must define a `portfolio` family")?;
+        Ok(AppState {
+            db,
+            cache,
+            portfolios,
+            metrics,
+        })
+    }
+}
+
+/// Connects, migrates, seeds an empty database, and returns the state.
+pub async fn prepare(args: &ServeArgs) -> anyhow::Result<AppState> {
+    let db = Db::connect(&args.db).await?;
+    db.migrate().await?;
+    if args.seed_users > 0 && db.is_empty().await? {
+        tracing::info!(
+            users = args.seed_users,
+            "empty database: seeding (set LARDER_SEED_USERS to change)"
+        );
+        let started = std::time::Instant::now();
+        seed::seed(
+            &db,
+            SeedPlan {
+                users: args.seed_users,
+                instruments: 2_000,
+                rng_seed: 42,
+                progress: true,
+            },
+        )
+        .await?;
+        tracing::info!(took = ?started.elapsed(), "seeded");
+    }
+    AppState::new(args, db).await
+}
+
+/// Runs the service until Ctrl-C or SIGTERM, then drains in-flight requests.
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let state = prepare(&args).await?;
+    let upkeep = telemetry::spawn_upkeep(state.metrics.clone());
+    let listener = TcpListener::bind(args.addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.addr))?;
+    let addr = listener.local_addr()?;
+    let database = match &args.db.database_url {
+        Some(url) => redact(url),
+        None => format!("sqlite {}", args.db.sqlite_path.display()),
+    };
+    let cache = match (&args.redis_url, args.no_cache) {
+        (_, true) => "off (--no-cache)".to_string(),
+        (Some(url), false) => format!("L1 + Redis {}", redact(url)),
+        (None, false) => "L1 (in-process)".to_string(),
+    };
+    tracing::info!(%database, %cache, "trading service listening on http://{addr}");
+    println!(
+        "larder trading service on http://{addr}  (try http://{addr}/api/users/1/portfolio, http://{addr}/metrics)"
+    );
+    let app = http::router(state, args.request_timeout);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("server error")?;
+    upkeep.abort();
+    tracing::info!("shut down");
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown signal received; draining requests");
+}
+
+/// Runs `seed` as its own command.
+pub async fn seed_command(args: crate::settings::SeedArgs) -> anyhow::Result<()> {
+    let db = Db::connect(&args.db).await?;
+    db.migrate().await?;
+    if !db.is_empty().await? {
+        if !args.reset {
+            anyhow::bail!("the database already has data; pass --reset to replace it");
+        }
+        seed::reset(&db).await?;
+    }
+    let started = std::time::Instant::now();
+    seed::seed(
+        &db,
+        SeedPlan {
+            users: args.users,
+            instruments: args.instruments,
+            rng_seed: args.rng_seed,
+            progress: true,
+        },
+    )
+    .await?;
+    println!(
+        "seeded {} users and {} instruments into {} in {:.1?}",
+        args.users,
+        args.instruments,
+        db.kind(),
+        started.elapsed()
+    );
+    Ok(())
+}

@@ -1,0 +1,79 @@
+//! The API's one error type: every failure a handler can have, mapped to a
+//! status code and a JSON body `{"error": "..."}`.
+//!
+//! Internal details (SQL errors, Redis messages) are logged here and never
+//! sent to the client.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::db::DbError;
+
+/// What a handler returns on failure.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request is malformed (400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The resource does not exist (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// A dependency (the database) is down or too slow: retry later (503).
+    #[error("service temporarily unavailable")]
+    Unavailable(#[source] anyhow::Error),
+    /// A bug (500).
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match &self {
+            ApiError::Unavailable(e) => tracing::warn!(
+                error = format!("{e:#}"),
+                "request failed: dependency unavailable"
+            ),
+            ApiError::Internal(e) => {
+                tracing::error!(error = format!("{e:#}"), "request failed: internal error")
+            }
+            _ => {}
+        }
+        (self.status(), Json(json!({ "error": self.to_string() }))).into_response()
+    }
+}
+
+impl From<DbError> for ApiError {
+    fn from(e: DbError) -> Self {
+        if e.is_unavailable() {
+            ApiError::Unavailable(e.into())
+        } else {
+            ApiError::Internal(e.into())
+        }
+    }
+}
+
+impl From<larder::Error> for ApiError {
+    fn from(e: larder::Error) -> Self {
+        match e {
+            // The loader is a database query: classify its error.
+            larder::Error::Loader(inner) => match inner.downcast_ref::<DbError>() {
+                Some(db) if db.is_unavailable() => ApiError::Unavailable(anyhow::Error::new(inner)),
+                _ => ApiError::Internal(anyhow::Error::new(inner)),
+            },
+            other => ApiError::Internal(other.into()),
+        }
+    }
+}
