@@ -38,9 +38,10 @@ use crate::tier::redis::RedisTier;
 /// let greetings = cache.family::<String, String>("greeting")?;
 ///
 /// let name = "ada".to_string();
+/// let who = name.clone(); // the loader owns what it uses
 /// let hello = greetings
 ///     .get_or_load(&name, move || async move {
-///         Ok::<_, std::io::Error>(Some(format!("hello, {name}")))
+///         Ok::<_, std::io::Error>(Some(format!("hello, {who}")))
 ///     })
 ///     .await?;
 /// assert_eq!(hello.as_deref().map(String::as_str), Some("hello, ada"));
@@ -125,7 +126,7 @@ impl Cache {
                 });
             }
             None => {
-                let core = Arc::new(FamilyCore::new(policy.clone()));
+                let core = Arc::new(FamilyCore::new(&self.shared.namespace, policy.clone()));
                 families.insert(name.to_string(), (type_id, Arc::clone(&core)));
                 core
             }

@@ -31,7 +31,7 @@ use crate::cache::{Cache, Shared};
 use crate::codec::{self, EncodeError, Meta};
 use crate::error::{BoxError, LoaderError};
 use crate::flight::{BatchOutcome, Lookup, Outcome, Source};
-use crate::key::{KeyParts, full_key};
+use crate::key::{KeyLayout, KeyParts};
 use crate::metrics::{FamilyMetrics, FamilyStats, Outcome as Counted};
 use crate::policy::CompiledPolicy;
 use crate::tier::memory::{AnyValue, L1Entry};
@@ -39,13 +39,20 @@ use crate::tier::memory::{AnyValue, L1Entry};
 /// The state of one family shared by all its handles.
 pub(crate) struct FamilyCore {
     pub policy: CompiledPolicy,
+    /// The family's keys, namespace and hash tag included.
+    pub layout: KeyLayout,
     pub metrics: FamilyMetrics,
 }
 
 impl FamilyCore {
-    pub fn new(policy: CompiledPolicy) -> Self {
+    pub fn new(namespace: &str, policy: CompiledPolicy) -> Self {
         let metrics = FamilyMetrics::new(&policy.policy.name);
-        FamilyCore { policy, metrics }
+        let layout = KeyLayout::full(namespace, &policy.template);
+        FamilyCore {
+            policy,
+            layout,
+            metrics,
+        }
     }
 }
 
@@ -93,18 +100,18 @@ where
     /// The Redis key for `key`: namespace, then the filled template in a hash
     /// tag (`app:{portfolio:42}`), every part escaped.
     pub fn key(&self, key: &K) -> Result<String, Error> {
-        let shared = &self.cache.shared;
-        let (full, filled) = full_key(&shared.namespace, &self.core.policy.template, key);
+        let (full, filled) = self.core.layout.fill(key);
         debug_assert_eq!(
             filled,
             K::ARITY,
             "arity is checked when the family is opened"
         );
-        if full.len() > shared.max_key_len {
+        let max = self.cache.shared.max_key_len;
+        if full.len() > max {
             return Err(Error::KeyTooLong {
                 family: self.name().to_string(),
                 len: full.len(),
-                max: shared.max_key_len,
+                max,
             });
         }
         Ok(full)
@@ -178,17 +185,22 @@ where
         Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
         E: Into<BoxError> + 'static,
     {
-        let ctx = self.ctx();
-        if !ctx.shared.enabled {
-            return ctx.bypass_one(loader).await;
+        let shared = &self.cache.shared;
+        if !shared.enabled {
+            return self.ctx().bypass_one(loader).await;
         }
         let key = self.key(key)?;
-        if let Some(entry) = ctx.l1_get(&key).await {
-            return ctx.answer(Lookup {
+        // The hit path touches no reference count but the value's own.
+        if let Some(l1) = shared.l1.as_ref().filter(|_| self.core.policy.policy.l1)
+            && let Some(entry) = l1.get(&key).await
+        {
+            let hit = Lookup {
                 value: entry.value,
                 source: Source::L1,
-            });
+            };
+            return answer(&self.core, hit);
         }
+        let ctx = self.ctx();
         let flights = Arc::clone(&ctx.shared.flights);
         let load_ctx = ctx.clone();
         let task_key = key.clone();
@@ -364,6 +376,29 @@ where
     }
 }
 
+/// Counts one request and hands its value to the caller.
+fn answer<V: Send + Sync + 'static>(
+    core: &FamilyCore,
+    lookup: Lookup,
+) -> Result<Option<Arc<V>>, Error> {
+    let counted = match (lookup.source, lookup.value.is_some()) {
+        (Source::Loader, _) => Counted::Miss,
+        (_, false) => Counted::NegativeHit,
+        (Source::L1, true) => Counted::HitL1,
+        (Source::L2, true) => Counted::HitL2,
+    };
+    core.metrics.request(counted);
+    match lookup.value {
+        None => Ok(None),
+        Some(any) => any
+            .downcast::<V>()
+            .map(Some)
+            .map_err(|_| Error::FamilyTypeMismatch {
+                family: core.policy.policy.name.clone(),
+            }),
+    }
+}
+
 /// A loaded entry on its way to both tiers: key, encoded bytes, TTL, value.
 type Fill = (String, Vec<u8>, Option<Duration>, Option<AnyValue>);
 
@@ -420,24 +455,8 @@ impl Ctx {
         }
     }
 
-    /// Counts one request and hands its value to the caller.
     fn answer<V: Send + Sync + 'static>(&self, lookup: Lookup) -> Result<Option<Arc<V>>, Error> {
-        let counted = match (lookup.source, lookup.value.is_some()) {
-            (Source::Loader, _) => Counted::Miss,
-            (_, false) => Counted::NegativeHit,
-            (Source::L1, true) => Counted::HitL1,
-            (Source::L2, true) => Counted::HitL2,
-        };
-        self.core.metrics.request(counted);
-        match lookup.value {
-            None => Ok(None),
-            Some(any) => any
-                .downcast::<V>()
-                .map(Some)
-                .map_err(|_| Error::FamilyTypeMismatch {
-                    family: self.core.policy.policy.name.clone(),
-                }),
-        }
+        answer(&self.core, lookup)
     }
 
     fn encode<V: Serialize>(
@@ -554,6 +573,9 @@ impl Ctx {
                 source: Source::L1,
             });
         }
+        // A Redis that just failed the read is not asked to store the fill:
+        // while it is down, that would double what each miss waits for it.
+        let mut l2_answered = true;
         if let Some(l2) = &self.shared.l2 {
             match l2.get(&key).await {
                 Ok(Some(bytes)) => match self.decode::<V>(&key, &bytes) {
@@ -566,6 +588,7 @@ impl Ctx {
                 },
                 Ok(None) => {}
                 Err(e) => {
+                    l2_answered = false;
                     self.core.metrics.redis_error();
                     tracing::debug!(family = %self.core.policy.policy.name, error = %e, "redis read failed; loading from source");
                 }
@@ -575,7 +598,7 @@ impl Ctx {
         let (bytes, ttl) = self.prepare(value.as_ref(), took);
         let value = value.map(|v| Arc::new(v) as AnyValue);
         if let Some(bytes) = bytes {
-            if let Some(l2) = &self.shared.l2
+            if let Some(l2) = self.shared.l2.as_ref().filter(|_| l2_answered)
                 && l2.set(&key, &bytes, ttl).await.is_err()
             {
                 self.core.metrics.redis_error();
@@ -614,6 +637,7 @@ impl Ctx {
                 None => pending.push((key, parts)),
             }
         }
+        let mut l2_answered = true;
         if let Some(l2) = self.shared.l2.as_ref().filter(|_| !pending.is_empty()) {
             let keys: Vec<&str> = pending.iter().map(|(k, _)| k.as_str()).collect();
             match l2.mget(&keys).await {
@@ -645,6 +669,7 @@ impl Ctx {
                 }
                 Ok(_) => self.core.metrics.redis_error(),
                 Err(e) => {
+                    l2_answered = false;
                     self.core.metrics.redis_error();
                     tracing::debug!(family = %self.core.policy.policy.name, error = %e, "redis MGET failed; loading from source");
                 }
@@ -671,7 +696,7 @@ impl Ctx {
                 writes.push((key, bytes, ttl, value));
             }
         }
-        if let Some(l2) = &self.shared.l2 {
+        if let Some(l2) = self.shared.l2.as_ref().filter(|_| l2_answered) {
             let batch: Vec<(&str, &[u8], Option<Duration>)> = writes
                 .iter()
                 .map(|(k, b, t, _)| (k.as_str(), b.as_slice(), *t))

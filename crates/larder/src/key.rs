@@ -54,9 +54,7 @@ pub fn escape_into(out: &mut String, raw: &str) {
 /// [`KeyPart::write_part`].
 pub struct PartWriter<'a> {
     out: &'a mut String,
-    template: &'a KeyTemplate,
-    /// Index of the next template segment to emit.
-    next: usize,
+    layout: &'a KeyLayout,
     /// Parts written so far.
     written: usize,
 }
@@ -75,37 +73,95 @@ impl PartWriter<'_> {
         self.out.push_str(buf.format(n));
     }
 
-    /// Emits the literal segments that come before the next placeholder.
+    /// Emits the literal text that precedes the next part. Extra parts get
+    /// none; the caller sees `written != arity` and rejects the key.
     fn begin_part(&mut self) {
-        let segments = &self.template.segments;
-        // Literals up to the next placeholder.
-        while let Some(Segment::Literal(lit)) = segments.get(self.next) {
-            self.push_separator();
+        if let Some(lit) = self
+            .layout
+            .literals
+            .get(self.written)
+            .filter(|_| self.written < self.layout.arity)
+        {
             self.out.push_str(lit);
-            self.next += 1;
         }
-        self.push_separator();
-        // Step over the placeholder this part fills. Extra parts run `next`
-        // past the end; the caller sees `written != arity` and rejects the key.
-        self.next += 1;
         self.written += 1;
     }
 
-    fn push_separator(&mut self) {
-        if self.next > 0 {
-            self.out.push(':');
+    /// Emits the trailing literal; returns how many parts were written.
+    fn finish(self) -> usize {
+        if self.written == self.layout.arity
+            && let Some(lit) = self.layout.literals.last()
+        {
+            self.out.push_str(lit);
+        }
+        self.written
+    }
+}
+
+/// A template compiled for filling: the literal text around each
+/// placeholder, with the separators (and, for full keys, the namespace and
+/// hash-tag braces) already joined in, so that building a key is a few
+/// `push_str`s.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct KeyLayout {
+    /// `arity + 1` pieces: before the first part, between parts, after the last.
+    literals: Vec<Box<str>>,
+    arity: usize,
+    /// Length of all literals: a good initial capacity.
+    literal_len: usize,
+}
+
+impl KeyLayout {
+    /// Lays out `template` between `prefix` and `suffix`.
+    fn new(template: &KeyTemplate, prefix: &str, suffix: &str) -> KeyLayout {
+        let mut literals = Vec::new();
+        let mut cur = String::from(prefix);
+        for (i, seg) in template.segments.iter().enumerate() {
+            if i > 0 {
+                cur.push(':');
+            }
+            match seg {
+                Segment::Literal(lit) => cur.push_str(lit),
+                Segment::Placeholder(_) => literals.push(std::mem::take(&mut cur).into_boxed_str()),
+            }
+        }
+        cur.push_str(suffix);
+        literals.push(cur.into_boxed_str());
+        let literal_len = literals.iter().map(|l| l.len()).sum();
+        KeyLayout {
+            arity: literals.len() - 1,
+            literals,
+            literal_len,
         }
     }
 
-    /// Emits trailing literals; returns how many parts were written.
-    fn finish(mut self) -> usize {
-        let segments = &self.template.segments;
-        while let Some(Segment::Literal(lit)) = segments.get(self.next) {
-            self.push_separator();
-            self.out.push_str(lit);
-            self.next += 1;
-        }
-        self.written
+    /// The full Redis key layout: `<namespace>:{<filled template>}`.
+    ///
+    /// The braces are a Redis Cluster hash tag: a value and the helper keys
+    /// that later live beside it (`...}:lease`) hash to one slot, so one script
+    /// can touch them all. Escaped parts cannot contain braces, so the tag is
+    /// always exactly the filled template.
+    pub(crate) fn full(namespace: &str, template: &KeyTemplate) -> KeyLayout {
+        KeyLayout::new(template, &format!("{namespace}:{{"), "}")
+    }
+
+    /// Writes the key for `parts` into `out`; returns the number of parts
+    /// written, which the caller compares with the arity.
+    fn fill_into<P: KeyParts + ?Sized>(&self, out: &mut String, parts: &P) -> usize {
+        let mut w = PartWriter {
+            out,
+            layout: self,
+            written: 0,
+        };
+        parts.write_parts(&mut w);
+        w.finish()
+    }
+
+    /// A new string holding the key for `parts`, and the parts written.
+    pub(crate) fn fill<P: KeyParts + ?Sized>(&self, parts: &P) -> (String, usize) {
+        let mut out = String::with_capacity(self.literal_len + 8 * self.arity);
+        let n = self.fill_into(&mut out, parts);
+        (out, n)
     }
 }
 
@@ -295,21 +351,6 @@ impl KeyTemplate {
                 })
     }
 
-    /// Appends the filled template for `parts` to `out`.
-    ///
-    /// Returns the number of placeholders filled, which the caller compares
-    /// with [`KeyTemplate::arity`].
-    pub(crate) fn fill_into<P: KeyParts + ?Sized>(&self, out: &mut String, parts: &P) -> usize {
-        let mut w = PartWriter {
-            out,
-            template: self,
-            next: 0,
-            written: 0,
-        };
-        parts.write_parts(&mut w);
-        w.finish()
-    }
-
     /// Fills the template with `parts`, escaping each one. For display and
     /// tests; the cache adds its namespace and hash tag around this.
     ///
@@ -319,8 +360,7 @@ impl KeyTemplate {
     /// assert_eq!(t.fill(&"a:b").unwrap(), "stock:a%3Ab:price");
     /// ```
     pub fn fill<P: KeyParts + ?Sized>(&self, parts: &P) -> Result<String, String> {
-        let mut out = String::new();
-        let filled = self.fill_into(&mut out, parts);
+        let (out, filled) = KeyLayout::new(self, "", "").fill(parts);
         if filled != self.arity() {
             return Err(format!(
                 "template `{}` has {} placeholder(s) but {} part(s) were given",
@@ -348,25 +388,6 @@ pub(crate) fn validate_namespace(ns: &str) -> Result<(), Error> {
         ));
     }
     Ok(())
-}
-
-/// Writes the full Redis key: `<namespace>:{<filled template>}`.
-///
-/// The braces are a Redis Cluster hash tag: a value and the helper keys that
-/// later live beside it (`...}:lease`) hash to one slot, so one script can
-/// touch them all. Escaped parts cannot contain braces, so the tag is always
-/// exactly the filled template.
-pub(crate) fn full_key<P: KeyParts + ?Sized>(
-    namespace: &str,
-    template: &KeyTemplate,
-    parts: &P,
-) -> (String, usize) {
-    let mut out = String::with_capacity(namespace.len() + template.source.len() + 24);
-    out.push_str(namespace);
-    out.push_str(":{");
-    let filled = template.fill_into(&mut out, parts);
-    out.push('}');
-    (out, filled)
 }
 
 /// Formats a duration for messages (`1.5s`, `250ms`).
@@ -438,8 +459,12 @@ mod tests {
 
     #[test]
     fn full_key_wraps_template_in_hash_tag() {
-        let (k, n) = full_key("app", &t("portfolio:{id}"), &7u32);
+        let (k, n) = KeyLayout::full("app", &t("portfolio:{id}")).fill(&7u32);
         assert_eq!(k, "app:{portfolio:7}");
         assert_eq!(n, 1);
+        let (k, _) = KeyLayout::full("app", &t("a:{x}:b:{y}:c")).fill(&(1, "z"));
+        assert_eq!(k, "app:{a:1:b:z:c}");
+        let (k, n) = KeyLayout::full("app", &t("config")).fill(&());
+        assert_eq!((k.as_str(), n), ("app:{config}", 0));
     }
 }
