@@ -2,7 +2,8 @@
 //! same run:
 //!
 //! - `l1_hit`: `get_or_load` on a key held in L1, against a bare moka `get` of
-//!   the same value (with the key already formatted, and formatted per call).
+//!   the same value: moka's `future` cache (plain, with per-entry expiry, and
+//!   formatting the key per call) and its `sync` cache, which larder's L1 uses.
 //! - `l2_hit`: `get_or_load` with L1 off on a key held in Redis, against a bare
 //!   `GET` + MessagePack decode of the same bytes on the same kind of client.
 //!
@@ -94,8 +95,12 @@ fn l1_hit(c: &mut Criterion) {
     });
     let moka: moka::future::Cache<String, Arc<Portfolio>> =
         moka::future::Cache::builder().max_capacity(1 << 20).build();
+    // moka's sync flavour, which larder's L1 is built on.
+    let moka_sync: moka::sync::Cache<String, Arc<Portfolio>> =
+        moka::sync::Cache::builder().max_capacity(1 << 20).build();
     let key = "larder:{portfolio:42}".to_string();
     rt.block_on(moka.insert(key.clone(), Arc::new(portfolio(42))));
+    moka_sync.insert(key.clone(), Arc::new(portfolio(42)));
     // The same, with per-entry expiry as larder's L1 has (a cache needs TTLs).
     let moka_ttl: moka::future::Cache<String, Arc<Portfolio>> = moka::future::Cache::builder()
         .max_capacity(1 << 20)
@@ -119,6 +124,9 @@ fn l1_hit(c: &mut Criterion) {
     g.bench_function("bare_moka_get", |b| {
         b.to_async(&rt)
             .iter(|| async { black_box(moka.get(black_box(key.as_str())).await) })
+    });
+    g.bench_function("bare_moka_sync_get", |b| {
+        b.iter(|| black_box(moka_sync.get(black_box(key.as_str()))))
     });
     g.bench_function("bare_moka_get_with_ttl", |b| {
         b.to_async(&rt)

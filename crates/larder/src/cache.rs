@@ -158,7 +158,7 @@ impl Cache {
     pub async fn l1_usage(&self) -> L1Usage {
         match &self.shared.l1 {
             Some(l1) => {
-                let (entries, bytes) = l1.usage().await;
+                let (entries, bytes) = l1.usage();
                 L1Usage { entries, bytes }
             }
             None => L1Usage::default(),

@@ -7,7 +7,7 @@
 //!                    │miss
 //!                    ▼
 //!              single-flight ─ already loading? ─▶ wait for that load
-//!                    │first caller: spawn the load task
+//!                    │first caller: start the load (shared by all waiters)
 //!                    ▼
 //!              L1 again ─▶ L2 GET ─hit─▶ decode ─▶ fill L1
 //!                                │miss / undecodable (deleted) / Redis down
@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
+use futures_util::future::{Either, ready};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -106,15 +107,20 @@ where
             K::ARITY,
             "arity is checked when the family is opened"
         );
+        self.check_len(&full)?;
+        Ok(full)
+    }
+
+    fn check_len(&self, key: &str) -> Result<(), Error> {
         let max = self.cache.shared.max_key_len;
-        if full.len() > max {
+        if key.len() > max {
             return Err(Error::KeyTooLong {
                 family: self.name().to_string(),
-                len: full.len(),
+                len: key.len(),
                 max,
             });
         }
-        Ok(full)
+        Ok(())
     }
 
     /// The counters of this family since the cache was built.
@@ -151,9 +157,14 @@ where
     /// runs once and every caller gets its value, or its error as
     /// [`Error::Loader`]. Errors are not cached; the next call retries.
     ///
-    /// The loader runs in a spawned task, so that a caller being cancelled
-    /// does not cancel the load others are waiting on: it must be
-    /// `Send + 'static` (move a clone of your pool into it).
+    /// The in-process tier is consulted when this is called, so an L1 hit is
+    /// a ready future. The returned future borrows nothing: it can be
+    /// spawned.
+    ///
+    /// The load is driven by whoever waits on it, so a caller being
+    /// cancelled does not cancel the load others are waiting on; that is why
+    /// the loader must be `Send + 'static` (move a clone of your pool into
+    /// it).
     ///
     /// Redis failures and undecodable values never reach the caller: they are
     /// counted and the loader answers instead.
@@ -179,7 +190,11 @@ where
     /// assert!(again.is_none());
     /// # Ok(()) }
     /// ```
-    pub async fn get_or_load<F, Fut, E>(&self, key: &K, loader: F) -> Result<Option<Arc<V>>, Error>
+    pub fn get_or_load<F, Fut, E>(
+        &self,
+        key: &K,
+        loader: F,
+    ) -> impl Future<Output = Result<Option<Arc<V>>, Error>> + Send + 'static
     where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
@@ -187,24 +202,28 @@ where
     {
         let shared = &self.cache.shared;
         if !shared.enabled {
-            return self.ctx().bypass_one(loader).await;
+            let ctx = self.ctx();
+            return Either::Right(async move { ctx.bypass_one(loader).await }.boxed());
         }
-        let key = self.key(key)?;
-        // The hit path touches no reference count but the value's own.
+        let key = match self.key(key) {
+            Ok(key) => key,
+            Err(e) => return Either::Left(ready(Err(e))),
+        };
+        // An L1 hit is answered here and now: no await, no reference count
+        // touched but the value's own.
         if let Some(l1) = shared.l1.as_ref().filter(|_| self.core.policy.policy.l1)
-            && let Some(entry) = l1.get(&key).await
+            && let Some(entry) = l1.get(&key)
         {
             let hit = Lookup {
                 value: entry.value,
                 source: Source::L1,
             };
-            return answer(&self.core, hit);
+            return Either::Left(ready(answer(&self.core, hit)));
         }
         let ctx = self.ctx();
-        let flights = Arc::clone(&ctx.shared.flights);
         let load_ctx = ctx.clone();
         let task_key = key.clone();
-        let flight = flights.join_or_start(&key, move |guard| {
+        let flight = ctx.shared.flights.join_or_start(&key, move |guard| {
             async move {
                 let outcome = load_ctx.load_one(task_key, loader).await;
                 // The guard ends the flight only now, after the fill: a caller
@@ -214,7 +233,7 @@ where
             }
             .boxed()
         });
-        ctx.answer(flight.await?)
+        Either::Right(async move { ctx.answer(flight.await?) }.boxed())
     }
 
     /// Returns the values for many keys, in the order given, with one Redis
@@ -274,7 +293,7 @@ where
                 continue;
             }
             first_seen.insert(key, i);
-            match ctx.l1_get(key).await {
+            match ctx.l1_get(key) {
                 Some(entry) => {
                     answers[i] = Some(Lookup {
                         value: entry.value,
@@ -343,11 +362,10 @@ where
             && let Err(e) = l2.set(&key, &bytes, ttl).await
         {
             ctx.core.metrics.redis_error();
-            ctx.l1_remove(&key).await;
+            ctx.l1_remove(&key);
             return Err(e);
         }
-        ctx.l1_put(key, Some(Arc::new(value)), bytes.len(), ttl)
-            .await;
+        ctx.l1_put(key, Some(Arc::new(value)), bytes.len(), ttl);
         Ok(())
     }
 
@@ -368,7 +386,7 @@ where
             Some(l2) => l2.unlink(&[&key]).await,
             None => Ok(()),
         };
-        ctx.l1_remove(&key).await;
+        ctx.l1_remove(&key);
         if result.is_err() {
             ctx.core.metrics.redis_error();
         }
@@ -418,14 +436,14 @@ impl Ctx {
         self.shared.l1.is_some() && self.core.policy.policy.l1
     }
 
-    async fn l1_get(&self, key: &str) -> Option<L1Entry> {
+    fn l1_get(&self, key: &str) -> Option<L1Entry> {
         match &self.shared.l1 {
-            Some(l1) if self.core.policy.policy.l1 => l1.get(key).await,
+            Some(l1) if self.core.policy.policy.l1 => l1.get(key),
             _ => None,
         }
     }
 
-    async fn l1_put(
+    fn l1_put(
         &self,
         key: String,
         value: Option<AnyValue>,
@@ -445,13 +463,13 @@ impl Ctx {
         }
         if let Some(l1) = &self.shared.l1 {
             let entry = L1Entry::new(&key, value, encoded_len, ttl);
-            l1.insert(key, entry).await;
+            l1.insert(key, entry);
         }
     }
 
-    async fn l1_remove(&self, key: &str) {
+    fn l1_remove(&self, key: &str) {
         if let Some(l1) = &self.shared.l1 {
-            l1.invalidate(key).await;
+            l1.invalidate(key);
         }
     }
 
@@ -567,7 +585,7 @@ impl Ctx {
         E: Into<BoxError>,
     {
         // A flight that finished just before this one started has filled L1.
-        if let Some(entry) = self.l1_get(&key).await {
+        if let Some(entry) = self.l1_get(&key) {
             return Ok(Lookup {
                 value: entry.value,
                 source: Source::L1,
@@ -580,8 +598,7 @@ impl Ctx {
             match l2.get(&key).await {
                 Ok(Some(bytes)) => match self.decode::<V>(&key, &bytes) {
                     Some((lookup, ttl)) => {
-                        self.l1_put(key, lookup.value.clone(), bytes.len(), ttl)
-                            .await;
+                        self.l1_put(key, lookup.value.clone(), bytes.len(), ttl);
                         return Ok(lookup);
                     }
                     None => self.unlink_broken(&[&key]).await,
@@ -603,7 +620,7 @@ impl Ctx {
             {
                 self.core.metrics.redis_error();
             }
-            self.l1_put(key, value.clone(), bytes.len(), ttl).await;
+            self.l1_put(key, value.clone(), bytes.len(), ttl);
         }
         Ok(Lookup {
             value,
@@ -624,7 +641,7 @@ impl Ctx {
         let mut found = HashMap::with_capacity(items.len());
         let mut pending = Vec::with_capacity(items.len());
         for (key, parts) in items {
-            match self.l1_get(&key).await {
+            match self.l1_get(&key) {
                 Some(entry) => {
                     found.insert(
                         key,
@@ -651,8 +668,7 @@ impl Ctx {
                         };
                         match self.decode::<V>(&key, &bytes) {
                             Some((lookup, ttl)) => {
-                                self.l1_put(key.clone(), lookup.value.clone(), bytes.len(), ttl)
-                                    .await;
+                                self.l1_put(key.clone(), lookup.value.clone(), bytes.len(), ttl);
                                 found.insert(key, lookup);
                             }
                             None => {
@@ -706,7 +722,7 @@ impl Ctx {
             }
         }
         for (key, bytes, ttl, value) in writes {
-            self.l1_put(key, value, bytes.len(), ttl).await;
+            self.l1_put(key, value, bytes.len(), ttl);
         }
         Ok(found)
     }

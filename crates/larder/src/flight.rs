@@ -1,24 +1,28 @@
 //! Single-flight: at most one load per key per process at a time.
 //!
-//! The first caller to miss a key starts the load as a spawned task and
-//! records a shared handle to its outcome; every caller that misses the same
-//! key while it runs awaits that handle instead of loading again. N concurrent
-//! callers on a cold key cause one L2 read and at most one loader call, and all
-//! of them get its value, or its error.
+//! The first caller to miss a key creates the load as a shared future and
+//! records a weak handle to it; every caller that misses the same key while it
+//! runs awaits that future instead of loading again. N concurrent callers on a
+//! cold key cause one L2 read and at most one loader call, and all of them get
+//! its value, or its error.
 //!
-//! Why a spawned task and not the first caller's own future: a caller may be
-//! cancelled (its HTTP client hung up, a timeout fired). Were the load part of
-//! its future, it would die with it and the other waiters would have to start
-//! over. As a task it finishes and fills the cache whoever is still waiting.
-//! The price is that loaders must be `Send + 'static`: clone the pool or client
-//! handle into the closure.
+//! The load is driven by whoever waits on it: usually the first caller, in
+//! its own task, so a lone miss costs no task spawn and no cross-thread
+//! wake-up. If that caller is cancelled (its HTTP client hung up, a timeout
+//! fired), the others keep polling the same future and the load carries on.
+//! Only when every waiter has given up is the load dropped, and with it its
+//! entry here (the map holds a weak handle, so an abandoned load cannot leak).
+//! Because any waiter may drive it, from any task, loaders must be
+//! `Send + 'static`: clone the pool or client handle into the closure.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use std::panic::AssertUnwindSafe;
+
 use futures_util::FutureExt;
-use futures_util::future::{BoxFuture, Shared};
+use futures_util::future::{BoxFuture, Shared, WeakShared};
 
 use crate::Error;
 use crate::tier::memory::AnyValue;
@@ -45,6 +49,7 @@ pub(crate) struct Lookup {
 
 pub(crate) type Outcome = Result<Lookup, Error>;
 pub(crate) type SharedOutcome = Shared<BoxFuture<'static, Outcome>>;
+type WeakOutcome = WeakShared<BoxFuture<'static, Outcome>>;
 pub(crate) type BatchOutcome = Result<HashMap<String, Lookup>, Error>;
 
 /// The in-flight loads of one cache.
@@ -53,13 +58,12 @@ pub(crate) type BatchOutcome = Result<HashMap<String, Lookup>, Error>;
 /// entry, never across an `.await`, and a std lock is much cheaper for that.
 #[derive(Default)]
 pub(crate) struct Flights {
-    map: Mutex<HashMap<String, (u64, SharedOutcome)>>,
+    map: Mutex<HashMap<String, (u64, WeakOutcome)>>,
     next_id: AtomicU64,
 }
 
-/// Removes a flight's keys from the map when its task ends: normally, by a
-/// panic in the loader, or by the runtime shutting down. Without it a
-/// panicked load would leave its key answering "panicked" forever.
+/// Removes a flight's keys from the map when its load ends: normally, by a
+/// panic in the loader, or because every waiter gave up.
 pub(crate) struct FlightGuard {
     flights: Arc<Flights>,
     id: u64,
@@ -77,21 +81,20 @@ impl Drop for FlightGuard {
     }
 }
 
-/// Turns a spawned task into a shareable outcome.
-fn share(handle: tokio::task::JoinHandle<Outcome>) -> SharedOutcome {
-    async move {
-        match handle.await {
-            Ok(outcome) => outcome,
-            // A panic in the loader, or the runtime shutting down under it.
-            Err(_) => Err(Error::LoaderPanicked),
-        }
-    }
-    .boxed()
-    .shared()
+/// Makes a load shareable, turning a panic in the loader into an error for
+/// every waiter (the guard inside unwinds and clears the flight).
+fn share<T: Clone + Send + 'static>(
+    load: BoxFuture<'static, Result<T, Error>>,
+) -> Shared<BoxFuture<'static, Result<T, Error>>> {
+    AssertUnwindSafe(load)
+        .catch_unwind()
+        .map(|caught| caught.unwrap_or(Err(Error::LoaderPanicked)))
+        .boxed()
+        .shared()
 }
 
 impl Flights {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, SharedOutcome)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, WeakOutcome)>> {
         // A panic while holding this lock can only come from a bug in a map
         // operation; the map itself stays consistent, so keep using it.
         self.map
@@ -99,9 +102,9 @@ impl Flights {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Joins the load of `key` if one is running; otherwise spawns
-    /// `start(guard)` as the load. The task must keep `guard` alive until it
-    /// has filled the cache, so that a caller arriving later finds either the
+    /// Joins the load of `key` if one is running; otherwise makes
+    /// `start(guard)` the load. The load must keep `guard` alive until it has
+    /// filled the cache, so that a caller arriving later finds either the
     /// flight or the filled value.
     pub fn join_or_start(
         self: &Arc<Self>,
@@ -109,8 +112,8 @@ impl Flights {
         start: impl FnOnce(FlightGuard) -> BoxFuture<'static, Outcome>,
     ) -> SharedOutcome {
         let mut map = self.lock();
-        if let Some((_, flight)) = map.get(key) {
-            return flight.clone();
+        if let Some(flight) = map.get(key).and_then(|(_, weak)| weak.upgrade()) {
+            return flight;
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let guard = FlightGuard {
@@ -118,8 +121,10 @@ impl Flights {
             id,
             keys: vec![key.to_owned()],
         };
-        let flight = share(tokio::spawn(start(guard)));
-        map.insert(key.to_owned(), (id, flight.clone()));
+        let flight = share(start(guard));
+        if let Some(weak) = flight.downgrade() {
+            map.insert(key.to_owned(), (id, weak));
+        }
         flight
     }
 
@@ -137,8 +142,8 @@ impl Flights {
         let mut out: Vec<Option<SharedOutcome>> = Vec::with_capacity(keys.len());
         let mut owned = Vec::new();
         for (i, key) in keys.iter().enumerate() {
-            match map.get(key) {
-                Some((_, flight)) => out.push(Some(flight.clone())),
+            match map.get(key).and_then(|(_, weak)| weak.upgrade()) {
+                Some(flight) => out.push(Some(flight)),
                 None => {
                     out.push(None);
                     owned.push(i);
@@ -152,15 +157,7 @@ impl Flights {
                 id,
                 keys: owned.iter().map(|&i| keys[i].clone()).collect(),
             };
-            let batch = tokio::spawn(start(owned.clone(), guard));
-            let batch = async move {
-                match batch.await {
-                    Ok(outcome) => outcome,
-                    Err(_) => Err(Error::LoaderPanicked),
-                }
-            }
-            .boxed()
-            .shared();
+            let batch = share(start(owned.clone(), guard));
             for i in owned {
                 let key = keys[i].clone();
                 let batch = batch.clone();
@@ -170,7 +167,9 @@ impl Flights {
                 }
                 .boxed()
                 .shared();
-                map.insert(keys[i].clone(), (id, flight.clone()));
+                if let Some(weak) = flight.downgrade() {
+                    map.insert(keys[i].clone(), (id, weak));
+                }
                 out[i] = Some(flight);
             }
         }
@@ -179,10 +178,10 @@ impl Flights {
 
     /// How many callers are waiting on the load of `key` (0 if none runs).
     pub fn waiters(&self, key: &str) -> usize {
-        self.lock()
-            .get(key)
-            // The map's own handle is one of the strong references.
-            .and_then(|(_, f)| f.strong_count())
+        let flight = self.lock().get(key).and_then(|(_, weak)| weak.upgrade());
+        flight
+            .and_then(|f| f.strong_count())
+            // Not counting the handle just upgraded here.
             .map_or(0, |n| n.saturating_sub(1))
     }
 }

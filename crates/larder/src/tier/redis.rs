@@ -59,9 +59,12 @@ impl RedisTier {
         }
         let client = redis::Client::open(settings.url.as_str())
             .map_err(|e| Error::RedisUrl(e.to_string()))?;
+        // No response timeout in the client: every command already runs under
+        // ours (`run`), which also covers waiting for a reconnect; a second
+        // timer per command would only cost time.
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(settings.connect_timeout))
-            .set_response_timeout(Some(settings.op_timeout))
+            .set_response_timeout(None)
             .set_max_delay(Duration::from_secs(2));
         let conn = ConnectionManager::new_lazy_with_config(client, config)
             .map_err(|e| Error::RedisUrl(e.to_string()))?;
