@@ -591,3 +591,68 @@ async fn hostile_keys_stay_in_their_lane_and_long_ones_are_refused() {
         Err(Error::KeyTooLong { .. })
     ));
 }
+
+#[tokio::test]
+async fn password_and_acl_users_authenticate_and_never_leak() {
+    let server = testkit::RedisServer::start(&[
+        "--requirepass",
+        "topsecret",
+        "--user",
+        "alice",
+        "on",
+        ">wonderland",
+        "~*",
+        "&*",
+        "+@all",
+    ]);
+    let port = server.port();
+    let build = |url: String, ns: String| async move {
+        Cache::builder()
+            .namespace(ns)
+            .redis_url(url)
+            .redis_timeout(Duration::from_secs(1))
+            .l1_max_bytes(0)
+            .family(item_policy())
+            .build()
+            .await
+            .unwrap()
+    };
+    for url in [
+        format!("redis://:topsecret@127.0.0.1:{port}"),
+        format!("redis://alice:wonderland@127.0.0.1:{port}"),
+    ] {
+        let ns = testkit::namespace();
+        let writer = build(url.clone(), ns.clone()).await;
+        writer
+            .family::<u64, Item>("item")
+            .unwrap()
+            .set(&1, item(1))
+            .await
+            .unwrap();
+        let reader = build(url, ns).await;
+        let items = reader.family::<u64, Item>("item").unwrap();
+        let got = items
+            .get_or_load(&1, || async { Ok::<_, std::io::Error>(None) })
+            .await
+            .unwrap();
+        assert_eq!(got.as_deref(), Some(&item(1)));
+        assert_eq!((items.stats().hits_l2, items.stats().redis_errors), (1, 0));
+    }
+    // A wrong password: the cache still serves (from the loader) and says why
+    // in its counters, never with the secret in an error or debug output.
+    let bad_url = format!("redis://alice:not-the-password@127.0.0.1:{port}");
+    let builder = Cache::builder().redis_url(&bad_url);
+    assert!(!format!("{builder:?}").contains("not-the-password"));
+    let cache = build(bad_url, testkit::namespace()).await;
+    let items = cache.family::<u64, Item>("item").unwrap();
+    let got = items
+        .get_or_load(&2, || async { Ok::<_, std::io::Error>(Some(item(2))) })
+        .await
+        .unwrap();
+    assert_eq!(got.as_deref(), Some(&item(2)));
+    assert!(items.stats().redis_errors > 0);
+    match items.invalidate(&2).await {
+        Err(e) => assert!(!e.to_string().contains("not-the-password"), "{e}"),
+        Ok(()) => panic!("a wrong password cannot unlink"),
+    }
+}

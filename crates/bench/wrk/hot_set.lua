@@ -1,0 +1,12 @@
+-- wrk script: GET /api/users/{id}/portfolio over a hot set of users.
+--   wrk -t2 -c64 -d30s --latency -s crates/bench/wrk/hot_set.lua http://127.0.0.1:8080
+-- HOT_USERS (default 1000) sets the size of the hot set.
+local hot = tonumber(os.getenv("HOT_USERS") or "1000")
+local counter = 0
+
+request = function()
+  counter = counter + 1
+  -- A cheap deterministic spread over the hot set (no math.random cost).
+  local id = (counter * 7919) % hot + 1
+  return wrk.format("GET", "/api/users/" .. id .. "/portfolio")
+end
