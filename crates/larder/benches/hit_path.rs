@@ -190,8 +190,8 @@ fn l2_hit(c: &mut Criterion) {
                     .await
                     .expect("GET");
                 let bytes = bytes.expect("present");
-                // Skip larder's 13-byte header: the same payload, decoded the same way.
-                let v: Portfolio = rmp_serde::from_slice(&bytes[13..]).expect("decode");
+                // Skip larder's 22-byte header: the same payload, decoded the same way.
+                let v: Portfolio = rmp_serde::from_slice(&bytes[22..]).expect("decode");
                 black_box(v)
             }
         })

@@ -5,7 +5,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::Error;
-use crate::cache::{Cache, Shared};
+use crate::bus::{self, ListenerSettings, Publisher};
+use crate::cache::{Cache, Families, Shared};
 use crate::flight::Flights;
 use crate::key::validate_namespace;
 use crate::policy::{Policies, Policy};
@@ -21,6 +22,13 @@ pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(100);
 pub const DEFAULT_REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Default maximum length of a Redis key, in bytes.
 pub const DEFAULT_MAX_KEY_LEN: usize = 1024;
+/// Default cap on how long an entry stays in L1 when Redis is configured:
+/// the bound on anything the invalidation bus could not detect it missed.
+pub const DEFAULT_L1_MAX_TTL_WITH_REDIS: Duration = Duration::from_secs(600);
+/// Default length of the invalidation stream: how many invalidations a
+/// process can miss (while disconnected) and still replay instead of
+/// flushing its L1.
+pub const DEFAULT_BUS_MAX_LEN: usize = 100_000;
 
 /// Configures and builds a [`Cache`].
 ///
@@ -45,9 +53,11 @@ pub struct CacheBuilder {
     redis_timeout: Duration,
     redis_connect_timeout: Duration,
     l1_max_bytes: u64,
-    l1_max_ttl: Option<Duration>,
+    l1_max_ttl: Option<Option<Duration>>,
     max_key_len: usize,
     enabled: bool,
+    bus: bool,
+    bus_max_len: usize,
     policies: Policies,
 }
 
@@ -74,6 +84,8 @@ impl Default for CacheBuilder {
             l1_max_ttl: None,
             max_key_len: DEFAULT_MAX_KEY_LEN,
             enabled: true,
+            bus: true,
+            bus_max_len: DEFAULT_BUS_MAX_LEN,
             policies: Policies::new(),
         }
     }
@@ -123,11 +135,34 @@ impl CacheBuilder {
 
     /// Caps how long any entry stays in the in-process tier, whatever its TTL.
     ///
-    /// With several processes sharing Redis, another process's `invalidate`
-    /// does not reach this process's L1: this cap bounds how stale such a copy
-    /// can get. Unset by default (an entry lives in L1 as long as in L2).
+    /// Other processes' invalidations reach this L1 through the invalidation
+    /// bus, which detects what it missed and flushes; this cap bounds the
+    /// damage of anything it could not detect. Default: 10 minutes with
+    /// Redis, none without (there are no other processes to hear from).
     pub fn l1_max_ttl(mut self, ttl: Duration) -> Self {
-        self.l1_max_ttl = Some(ttl);
+        self.l1_max_ttl = Some(Some(ttl));
+        self
+    }
+
+    /// No cap on L1 lifetimes beyond each entry's TTL.
+    pub fn no_l1_max_ttl(mut self) -> Self {
+        self.l1_max_ttl = Some(None);
+        self
+    }
+
+    /// Whether this process hears other processes' invalidations (default
+    /// yes). Turning it off leaves each L1 stale until its TTL after another
+    /// process writes; only for single-process deployments.
+    pub fn invalidation_bus(mut self, enabled: bool) -> Self {
+        self.bus = enabled;
+        self
+    }
+
+    /// Length of the invalidation stream (default 100,000 entries): a
+    /// process that misses more than this while disconnected flushes its L1
+    /// instead of replaying.
+    pub fn bus_max_len(mut self, entries: usize) -> Self {
+        self.bus_max_len = entries.max(1);
         self
     }
 
@@ -211,19 +246,42 @@ impl CacheBuilder {
             ),
             _ => None,
         };
-        let l1 =
-            (self.l1_max_bytes > 0 && self.enabled).then(|| MemoryTier::new(self.l1_max_bytes));
+        let l1 = (self.l1_max_bytes > 0 && self.enabled)
+            .then(|| Arc::new(MemoryTier::new(self.l1_max_bytes)));
+        let l1_max_ttl = self
+            .l1_max_ttl
+            .unwrap_or_else(|| l2.is_some().then_some(DEFAULT_L1_MAX_TTL_WITH_REDIS));
+        let bus = l2
+            .as_ref()
+            .map(|_| Publisher::new(&self.namespace, self.bus_max_len));
+        let flights = Arc::new(Flights::default());
+        let families: Arc<Families> = Arc::new(Mutex::new(HashMap::new()));
+        let listener = match (&l2, &l1, &bus) {
+            (Some(l2), Some(l1), Some(bus)) if self.bus => Some(bus::spawn(ListenerSettings {
+                client: l2.client().clone(),
+                publisher: bus.clone(),
+                l1: Arc::clone(l1),
+                flights: Arc::clone(&flights),
+                families: Arc::clone(&families),
+                op_timeout: self.redis_timeout,
+                connect_timeout: self.redis_connect_timeout,
+                block: Duration::from_secs(2),
+            })),
+            _ => None,
+        };
         Ok(Cache {
             shared: Arc::new(Shared {
                 namespace: self.namespace,
                 l1,
-                l1_max_ttl: self.l1_max_ttl,
+                l1_max_ttl,
                 l2,
-                flights: Arc::new(Flights::default()),
+                flights,
                 policies: compiled,
-                families: Mutex::new(HashMap::new()),
+                families,
                 max_key_len: self.max_key_len,
                 enabled: self.enabled,
+                bus,
+                listener,
             }),
         })
     }

@@ -11,9 +11,10 @@ use serde::de::DeserializeOwned;
 
 use crate::Error;
 use crate::builder::CacheBuilder;
+use crate::bus::{Event, Listener, Publisher};
 use crate::family::{Family, FamilyCore};
 use crate::flight::Flights;
-use crate::key::KeyParts;
+use crate::key::{KeyParts, KeyTemplate, tag_key};
 use crate::policy::CompiledPolicy;
 use crate::tier::memory::MemoryTier;
 use crate::tier::redis::RedisTier;
@@ -52,19 +53,51 @@ pub struct Cache {
     pub(crate) shared: Arc<Shared>,
 }
 
+/// The opened families, by name, with the `TypeId` of their `(K, V)`.
+pub(crate) type Families = Mutex<HashMap<String, (TypeId, Arc<FamilyCore>)>>;
+
+/// The cores of the opened families that carry tags.
+pub(crate) fn tagged_cores(families: &Families) -> Vec<Arc<FamilyCore>> {
+    families
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .values()
+        .map(|(_, core)| Arc::clone(core))
+        .filter(|core| !core.policy.tags.is_empty())
+        .collect()
+}
+
+/// Voids the loads and writes in progress whose key carries tag key `tag`:
+/// they may have read rows from before the tag's invalidation.
+pub(crate) fn void_tagged(flights: &Flights, families: &Families, tag: &str) {
+    for core in tagged_cores(families) {
+        flights.void_matching(|key| {
+            key.starts_with(core.layout.prefix())
+                && core
+                    .tag_keys(key)
+                    .is_some_and(|tags| tags.iter().any(|t| t == tag))
+        });
+    }
+}
+
 /// What every clone of a `Cache` shares.
 pub(crate) struct Shared {
     pub namespace: String,
-    pub l1: Option<MemoryTier>,
+    pub l1: Option<Arc<MemoryTier>>,
     pub l1_max_ttl: Option<Duration>,
     pub l2: Option<RedisTier>,
     pub flights: Arc<Flights>,
     pub policies: HashMap<String, CompiledPolicy>,
     /// Opened families by name, with the `TypeId` of their `(K, V)`. Opening
     /// a family twice returns the same core, so both handles share counters.
-    pub families: Mutex<HashMap<String, (TypeId, Arc<FamilyCore>)>>,
+    pub families: Arc<Families>,
     pub max_key_len: usize,
     pub enabled: bool,
+    /// Where this process publishes invalidations (with Redis).
+    pub bus: Option<Publisher>,
+    /// The task applying other processes' invalidations to L1 (with Redis
+    /// and L1); dropping it stops the task.
+    pub listener: Option<Listener>,
 }
 
 impl std::fmt::Debug for Cache {
@@ -169,6 +202,141 @@ impl Cache {
     pub fn family_names(&self) -> impl Iterator<Item = &str> {
         self.shared.policies.keys().map(String::as_str)
     }
+
+    /// Makes every entry tagged `template` filled with `parts` a miss, in
+    /// every family and every process: `invalidate_tag("user:{user_id}", &42)`
+    /// reaches each family whose policy has `tags = ["user:{user_id}"]`.
+    ///
+    /// Costs one Redis round trip whatever the number of entries: the tag's
+    /// version is incremented (entries record the versions they were loaded
+    /// under and are stale once one moved on), and the bus tells every L1.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), larder::Error> {
+    /// # use larder::{Cache, Policy};
+    /// # use std::time::Duration;
+    /// let cache = Cache::builder()
+    ///     .family(Policy::new("portfolio", "portfolio:{user_id}").ttl(Duration::from_secs(60)).tag("user:{user_id}"))
+    ///     .family(Policy::new("watchlist", "watchlist:{user_id}").ttl(Duration::from_secs(300)).tag("user:{user_id}"))
+    ///     .build()
+    ///     .await?;
+    /// // The user's profile changed: everything cached about them goes.
+    /// cache.invalidate_tag("user:{user_id}", &42u64).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn invalidate_tag<P: KeyParts + ?Sized>(
+        &self,
+        template: &str,
+        parts: &P,
+    ) -> Result<(), Error> {
+        let shared = &self.shared;
+        if !shared.enabled {
+            return Ok(());
+        }
+        let parsed = KeyTemplate::parse(template)
+            .map_err(|reason| Error::config(format!("tag `{template}`"), reason))?;
+        let (tag, filled) = tag_key(&shared.namespace, &parsed, parts);
+        if filled != parsed.arity() {
+            return Err(Error::config(
+                format!("tag `{template}`"),
+                format!(
+                    "{} placeholder(s) but {filled} part(s) given",
+                    parsed.arity()
+                ),
+            ));
+        }
+        // Loads and writes running now may hold the old rows.
+        void_tagged(&shared.flights, &shared.families, &tag);
+        let result = match &shared.l2 {
+            Some(l2) => {
+                let mut pipe = redis::pipe();
+                pipe.cmd("INCR").arg(&tag).ignore();
+                // Tag versions may expire: a missing tag reads as 0, which no
+                // entry stamped after an increment matches, so entries only
+                // ever turn stale, never fresh again.
+                pipe.cmd("PEXPIRE")
+                    .arg(&tag)
+                    .arg(TAG_TTL.as_millis() as u64)
+                    .ignore();
+                if let Some(bus) = &shared.bus {
+                    bus.add(&mut pipe, &Event::Tag(tag.clone()));
+                }
+                l2.run_pipe::<()>("INCR (tag)", &pipe).await
+            }
+            None => Ok(()),
+        };
+        if let Some(l1) = &shared.l1 {
+            l1.invalidate_tag(&tag);
+        }
+        result
+    }
+
+    /// Waits until this process has applied every invalidation other
+    /// processes had published when the call was made, or `timeout` passes.
+    /// Returns whether it caught up (immediately `true` without Redis or L1:
+    /// there is nothing to apply).
+    ///
+    /// For tests and for read-your-writes across processes; the bus normally
+    /// applies an invalidation within a millisecond or two.
+    pub async fn sync_invalidations(&self, timeout: Duration) -> Result<bool, Error> {
+        let (Some(listener), Some(l2), Some(bus)) =
+            (&self.shared.listener, &self.shared.l2, &self.shared.bus)
+        else {
+            return Ok(true);
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        // The first command after Redis restarted fails while the connection
+        // is replaced: retry until the deadline.
+        let target = loop {
+            match bus.last_id(l2).await {
+                Ok(id) => break id,
+                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        };
+        let mut progress = listener.progress.clone();
+        let caught_up = tokio::time::timeout_at(
+            deadline,
+            progress.wait_for(|p| p.connected && p.position >= target),
+        )
+        .await;
+        Ok(matches!(caught_up, Ok(Ok(_))))
+    }
+
+    /// The invalidation bus as this process sees it.
+    pub fn bus_stats(&self) -> BusStats {
+        match &self.shared.listener {
+            Some(l) => {
+                let p = *l.progress.borrow();
+                BusStats {
+                    enabled: true,
+                    connected: p.connected,
+                    applied: p.applied,
+                    flushes: p.flushes,
+                }
+            }
+            None => BusStats::default(),
+        }
+    }
+}
+
+/// How long a tag's version key lives after its last increment.
+const TAG_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The invalidation bus of one process.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BusStats {
+    /// Whether this cache listens (it has both Redis and an L1).
+    pub enabled: bool,
+    /// Whether the listener's connection is up.
+    pub connected: bool,
+    /// Invalidations from other processes applied to L1.
+    pub applied: u64,
+    /// Times L1 was flushed whole because invalidations may have been
+    /// missed (trimmed stream, lost stream, different server).
+    pub flushes: u64,
 }
 
 /// Occupancy of the in-process tier.

@@ -1,14 +1,20 @@
 //! How values are laid out in Redis.
 //!
 //! ```text
-//! byte 0       header: bits 7-4 layout version (1)
+//! byte 0       header: bits 7-4 layout version (2)
 //!                      bit 3    negative entry ("not found"; no payload)
 //!                      bit 2    payload is lz4-compressed
 //!                      bits 1-0 format: 0 MessagePack, 1 JSON
 //! bytes 1-8    fresh_until: unix time in ms (u64 LE) when the entry stops
 //!              being fresh; u64::MAX for ttl = "never"
 //! bytes 9-12   load_ms: how long the loader took (u32 LE), for early refresh
-//! bytes 13-    payload; if compressed: u32 LE decoded length, then an lz4 block
+//! bytes 13-20  version (u64 *big*-endian, 0 = none): the writer's row version;
+//!              big-endian so that the compare-and-set script in Redis can
+//!              order two versions byte by byte
+//! byte 21      n: number of tag versions
+//! next 8n      the versions (u64 LE) of the family's tags when the value
+//!              was loaded; the entry is stale once any tag has moved on
+//! then         payload; if compressed: u32 LE decoded length, then an lz4 block
 //! ```
 //!
 //! Anything that does not match (another layout version, garbage, a truncated
@@ -25,14 +31,16 @@ use serde::de::DeserializeOwned;
 
 use crate::policy::Codec;
 
-const LAYOUT_VERSION: u8 = 1;
+const LAYOUT_VERSION: u8 = 2;
 const NEGATIVE: u8 = 0b1000;
 const LZ4: u8 = 0b0100;
 const FORMAT_MASK: u8 = 0b0011;
 const FORMAT_MSGPACK: u8 = 0;
 const FORMAT_JSON: u8 = 1;
-/// Header byte + fresh_until + load_ms.
-pub(crate) const HEADER_LEN: usize = 1 + 8 + 4;
+/// Header byte, fresh_until, load_ms, version, tag count: the fixed part.
+pub(crate) const HEADER_LEN: usize = 1 + 8 + 4 + 8 + 1;
+/// Where the big-endian version sits (the CAS script reads it there).
+pub(crate) const VERSION_OFFSET: usize = 13;
 
 /// Why bytes from Redis were not a value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -59,12 +67,16 @@ pub(crate) enum EncodeError {
 }
 
 /// Metadata stored in front of every value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Meta {
     /// Unix ms when the entry stops being fresh (`u64::MAX`: never).
     pub fresh_until_ms: u64,
     /// How long the load took, in ms.
     pub load_ms: u32,
+    /// The writer's version of the value (0: none).
+    pub version: u64,
+    /// Versions of the family's tags when the value was loaded.
+    pub tags: Vec<u64>,
 }
 
 impl Meta {
@@ -77,7 +89,21 @@ impl Meta {
         Meta {
             fresh_until_ms,
             load_ms: load_time.as_millis().min(u32::MAX as u128) as u32,
+            version: 0,
+            tags: Vec::new(),
         }
+    }
+
+    /// With the writer's version.
+    pub fn with_version(mut self, version: u64) -> Self {
+        self.version = version;
+        self
+    }
+
+    /// With the tag versions read before the load.
+    pub fn with_tags(mut self, tags: Vec<u64>) -> Self {
+        self.tags = tags;
+        self
     }
 
     /// Time left until the entry stops being fresh (`None`: never expires;
@@ -104,23 +130,46 @@ pub(crate) fn unix_ms() -> u64 {
 pub(crate) struct Decoded<T> {
     pub value: Option<T>,
     pub meta: Meta,
+    /// Size of the serialised value before compression: what it weighs in L1.
+    pub payload_len: usize,
+}
+
+/// An encoded entry.
+#[derive(Debug)]
+pub(crate) struct Encoded {
+    pub bytes: Vec<u8>,
+    /// Size of the serialised value before compression.
+    pub payload_len: usize,
 }
 
 fn header(negative: bool, lz4: bool, format: u8) -> u8 {
     (LAYOUT_VERSION << 4) | if negative { NEGATIVE } else { 0 } | if lz4 { LZ4 } else { 0 } | format
 }
 
-fn put_meta(out: &mut Vec<u8>, h: u8, meta: Meta) {
+fn put_meta(out: &mut Vec<u8>, h: u8, meta: &Meta) {
     out.push(h);
     out.extend_from_slice(&meta.fresh_until_ms.to_le_bytes());
     out.extend_from_slice(&meta.load_ms.to_le_bytes());
+    out.extend_from_slice(&meta.version.to_be_bytes());
+    // A family has a handful of tags; more than 255 is refused by the policy.
+    out.push(meta.tags.len().min(255) as u8);
+    for t in meta.tags.iter().take(255) {
+        out.extend_from_slice(&t.to_le_bytes());
+    }
+}
+
+fn meta_len(meta: &Meta) -> usize {
+    HEADER_LEN + 8 * meta.tags.len().min(255)
 }
 
 /// Encodes a negative entry.
-pub(crate) fn encode_negative(meta: Meta) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER_LEN);
+pub(crate) fn encode_negative(meta: &Meta) -> Encoded {
+    let mut out = Vec::with_capacity(meta_len(meta));
     put_meta(&mut out, header(true, false, FORMAT_MSGPACK), meta);
-    out
+    Encoded {
+        bytes: out,
+        payload_len: 0,
+    }
 }
 
 /// Encodes `value`. `max_size` bounds the serialised payload (before
@@ -130,15 +179,16 @@ pub(crate) fn encode<T: Serialize + ?Sized>(
     codec: Codec,
     compress_above: usize,
     max_size: usize,
-    meta: Meta,
-) -> Result<Vec<u8>, EncodeError> {
+    meta: &Meta,
+) -> Result<Encoded, EncodeError> {
     let format = match codec {
         Codec::MessagePack => FORMAT_MSGPACK,
         Codec::Json => FORMAT_JSON,
     };
     // Serialise straight after a placeholder header to avoid a copy in the
     // common, uncompressed case.
-    let mut out = Vec::with_capacity(128);
+    let header_len = meta_len(meta);
+    let mut out = Vec::with_capacity(header_len + 128);
     put_meta(&mut out, header(false, false, format), meta);
     match codec {
         Codec::MessagePack => rmp_serde::encode::write_named(&mut out, value)
@@ -146,22 +196,28 @@ pub(crate) fn encode<T: Serialize + ?Sized>(
         Codec::Json => serde_json::to_writer(&mut out, value)
             .map_err(|e| EncodeError::Serialize(e.to_string()))?,
     }
-    let payload_len = out.len() - HEADER_LEN;
+    let payload_len = out.len() - header_len;
     if payload_len > max_size {
         return Err(EncodeError::TooLarge(payload_len));
     }
     if payload_len > compress_above {
-        let compressed = lz4_flex::block::compress(&out[HEADER_LEN..]);
+        let compressed = lz4_flex::block::compress(&out[header_len..]);
         // Keep the plain form when compression does not pay.
         if compressed.len() + 4 < payload_len {
-            let mut packed = Vec::with_capacity(HEADER_LEN + 4 + compressed.len());
+            let mut packed = Vec::with_capacity(header_len + 4 + compressed.len());
             put_meta(&mut packed, header(false, true, format), meta);
             packed.extend_from_slice(&(payload_len as u32).to_le_bytes());
             packed.extend_from_slice(&compressed);
-            return Ok(packed);
+            return Ok(Encoded {
+                bytes: packed,
+                payload_len,
+            });
         }
     }
-    Ok(out)
+    Ok(Encoded {
+        bytes: out,
+        payload_len,
+    })
 }
 
 /// Decodes bytes read from Redis. `max_size` bounds the decoded payload, so a
@@ -177,20 +233,36 @@ pub(crate) fn decode<T: DeserializeOwned>(
     if h >> 4 != LAYOUT_VERSION {
         return Err(DecodeError::Version(h >> 4));
     }
-    let mut fresh = [0u8; 8];
-    fresh.copy_from_slice(&bytes[1..9]);
+    let u64_le = |at: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&bytes[at..at + 8]);
+        u64::from_le_bytes(b)
+    };
     let mut load = [0u8; 4];
     load.copy_from_slice(&bytes[9..13]);
+    let mut version = [0u8; 8];
+    version.copy_from_slice(&bytes[VERSION_OFFSET..VERSION_OFFSET + 8]);
+    let ntags = bytes[21] as usize;
+    let header_len = HEADER_LEN + 8 * ntags;
+    if bytes.len() < header_len {
+        return Err(DecodeError::Truncated(bytes.len()));
+    }
     let meta = Meta {
-        fresh_until_ms: u64::from_le_bytes(fresh),
+        fresh_until_ms: u64_le(1),
         load_ms: u32::from_le_bytes(load),
+        version: u64::from_be_bytes(version),
+        tags: (0..ntags).map(|i| u64_le(HEADER_LEN + 8 * i)).collect(),
     };
-    let body = &bytes[HEADER_LEN..];
+    let body = &bytes[header_len..];
     if h & NEGATIVE != 0 {
         if !body.is_empty() || h & LZ4 != 0 {
             return Err(DecodeError::Payload("negative entry with a payload".into()));
         }
-        return Ok(Decoded { value: None, meta });
+        return Ok(Decoded {
+            value: None,
+            meta,
+            payload_len: 0,
+        });
     }
     let format = h & FORMAT_MASK;
     let decompressed;
@@ -238,6 +310,7 @@ pub(crate) fn decode<T: DeserializeOwned>(
     Ok(Decoded {
         value: Some(value),
         meta,
+        payload_len: payload.len(),
     })
 }
 
@@ -266,6 +339,26 @@ mod tests {
     }
 
     #[test]
+    fn version_and_tags_round_trip() {
+        let m = meta()
+            .with_version(0x0102_0304_0506_0708)
+            .with_tags(vec![7, u64::MAX]);
+        let bytes = encode(&"x", Codec::MessagePack, usize::MAX, 100, &m)
+            .unwrap()
+            .bytes;
+        // Big-endian at the fixed offset, for the compare-and-set script.
+        assert_eq!(
+            &bytes[VERSION_OFFSET..VERSION_OFFSET + 8],
+            &[1, 2, 3, 4, 5, 6, 7, 8]
+        );
+        let d: Decoded<String> = decode(&bytes, 100).unwrap();
+        assert_eq!(d.meta, m);
+        assert_eq!(d.value.as_deref(), Some("x"));
+        let neg: Decoded<String> = decode(&encode_negative(&m).bytes, 100).unwrap();
+        assert_eq!((neg.value, neg.meta), (None, m));
+    }
+
+    #[test]
     fn round_trips_both_formats_and_compression() {
         let v = V1 {
             id: 7,
@@ -273,13 +366,17 @@ mod tests {
         };
         for codec in [Codec::MessagePack, Codec::Json] {
             for compress_above in [0, 1024, usize::MAX] {
-                let bytes = encode(&v, codec, compress_above, 1 << 20, meta()).unwrap();
+                let bytes = encode(&v, codec, compress_above, 1 << 20, &meta())
+                    .unwrap()
+                    .bytes;
                 let d: Decoded<V1> = decode(&bytes, 1 << 20).unwrap();
                 assert_eq!(d.value.unwrap(), v);
                 assert_eq!(d.meta.load_ms, 12);
             }
         }
-        let small = encode(&v, Codec::MessagePack, 1024, 1 << 20, meta()).unwrap();
+        let small = encode(&v, Codec::MessagePack, 1024, 1 << 20, &meta())
+            .unwrap()
+            .bytes;
         assert!(small.len() < 200, "5000 repeated bytes should compress");
     }
 
@@ -289,7 +386,9 @@ mod tests {
             id: 1,
             name: "a".into(),
         };
-        let bytes = encode(&old, Codec::MessagePack, usize::MAX, 1 << 20, meta()).unwrap();
+        let bytes = encode(&old, Codec::MessagePack, usize::MAX, 1 << 20, &meta())
+            .unwrap()
+            .bytes;
         let newer: V2 = decode(&bytes, 1 << 20).unwrap().value.unwrap();
         assert_eq!(newer.added, None);
         let new = V2 {
@@ -297,14 +396,16 @@ mod tests {
             name: "a".into(),
             added: Some("b".into()),
         };
-        let bytes = encode(&new, Codec::MessagePack, usize::MAX, 1 << 20, meta()).unwrap();
+        let bytes = encode(&new, Codec::MessagePack, usize::MAX, 1 << 20, &meta())
+            .unwrap()
+            .bytes;
         let older: V1 = decode(&bytes, 1 << 20).unwrap().value.unwrap();
         assert_eq!(older, old);
     }
 
     #[test]
     fn negative_entries_round_trip() {
-        let bytes = encode_negative(meta());
+        let bytes = encode_negative(&meta()).bytes;
         let d: Decoded<V1> = decode(&bytes, 1 << 20).unwrap();
         assert!(d.value.is_none());
     }
@@ -313,7 +414,7 @@ mod tests {
     fn oversize_values_are_refused() {
         let v = "x".repeat(2000);
         assert!(matches!(
-            encode(&v, Codec::Json, usize::MAX, 1000, meta()),
+            encode(&v, Codec::Json, usize::MAX, 1000, &meta()),
             Err(EncodeError::TooLarge(_))
         ));
     }
@@ -322,7 +423,7 @@ mod tests {
     fn decompression_bomb_is_bounded() {
         // A compressed value declaring 3 GiB.
         let mut bytes = Vec::new();
-        put_meta(&mut bytes, header(false, true, FORMAT_MSGPACK), meta());
+        put_meta(&mut bytes, header(false, true, FORMAT_MSGPACK), &meta());
         bytes.extend_from_slice(&(3u32 << 30).to_le_bytes());
         bytes.extend_from_slice(&[0x1f, 0, 0, 0]);
         assert!(matches!(
@@ -333,11 +434,14 @@ mod tests {
 
     #[test]
     fn wrong_version_and_garbage_are_errors() {
-        let mut bytes = encode(&1u32, Codec::MessagePack, usize::MAX, 100, meta()).unwrap();
-        bytes[0] = (2 << 4) | (bytes[0] & 0x0f);
+        let mut bytes = encode(&1u32, Codec::MessagePack, usize::MAX, 100, &meta())
+            .unwrap()
+            .bytes;
+        // A layout-1 value (what an older larder wrote) is a miss.
+        bytes[0] = (1 << 4) | (bytes[0] & 0x0f);
         assert_eq!(
             decode::<u32>(&bytes, 100).unwrap_err(),
-            DecodeError::Version(2)
+            DecodeError::Version(1)
         );
         assert!(decode::<u32>(b"hello", 100).is_err());
         assert!(decode::<u32>(b"{\"id\":1,\"name\":\"old json from the article\"}", 100).is_err());
@@ -356,7 +460,7 @@ mod tests {
             body in proptest::collection::vec(any::<u8>(), 0..256),
         ) {
             let mut bytes = Vec::new();
-            put_meta(&mut bytes, (LAYOUT_VERSION << 4) | (h & 0x0f), meta());
+            put_meta(&mut bytes, (LAYOUT_VERSION << 4) | (h & 0x0f), &meta());
             bytes.extend_from_slice(&body);
             let _ = decode::<V2>(&bytes, 4096);
         }
@@ -365,7 +469,7 @@ mod tests {
         fn truncations_of_valid_values_never_panic(cut in 0usize..200) {
             let v = V1 { id: 9, name: "y".repeat(150) };
             for compress_above in [0, usize::MAX] {
-                let bytes = encode(&v, Codec::MessagePack, compress_above, 4096, meta()).unwrap();
+                let bytes = encode(&v, Codec::MessagePack, compress_above, 4096, &meta()).unwrap().bytes;
                 let cut = cut.min(bytes.len());
                 let _ = decode::<V1>(&bytes[..cut], 4096);
             }

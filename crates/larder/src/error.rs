@@ -90,7 +90,38 @@ pub enum Error {
     /// The loader returned an error. Every caller that waited on that load
     /// receives the same error; nothing is cached, so the next call retries.
     #[error("loader failed: {0}")]
-    Loader(#[source] LoaderError),
+    Loader(#[source] SourceError),
+
+    /// The database write of a write-through failed. The cache was not
+    /// touched.
+    #[error("persist failed: {0}")]
+    Persist(#[source] SourceError),
+
+    /// A key type wrote a different number of parts than its family's
+    /// template has placeholders (a `KeyPart` implementation that writes
+    /// none, or two). Refused, because such keys could collide.
+    #[error("key for family `{family}` has {got} part(s), its template {expected}")]
+    KeyArity {
+        /// The family.
+        family: String,
+        /// Placeholders in the template.
+        expected: usize,
+        /// Parts written.
+        got: usize,
+    },
+
+    /// A wrong pattern for [`Family::invalidate_pattern`](crate::Family::invalidate_pattern).
+    #[error("invalid pattern for family `{family}`: {reason}")]
+    Pattern {
+        /// The family.
+        family: String,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// A bug in larder: an internal invariant did not hold. Please report it.
+    #[error("internal error: {0}")]
+    Internal(&'static str),
 
     /// The loader panicked. The panic is contained in the load task; callers get
     /// this error and the next call retries.
@@ -109,26 +140,27 @@ pub enum Error {
     },
 }
 
-/// The error a loader returned, shared between all callers of one load.
+/// An error from your data source (a loader or a persister), shared between
+/// all callers of one load.
 ///
-/// Use [`LoaderError::downcast_ref`] to get your own error type back:
+/// Use [`SourceError::downcast_ref`] to get your own error type back:
 ///
 /// ```
-/// use larder::{Error, LoaderError};
+/// use larder::{Error, SourceError};
 ///
 /// #[derive(Debug, thiserror::Error)]
 /// #[error("database is down")]
 /// struct DbDown;
 ///
-/// let err = Error::Loader(LoaderError::new(DbDown));
+/// let err = Error::Loader(SourceError::new(DbDown));
 /// if let Error::Loader(e) = &err {
 ///     assert!(e.downcast_ref::<DbDown>().is_some());
 /// }
 /// ```
 #[derive(Clone)]
-pub struct LoaderError(Arc<dyn StdError + Send + Sync + 'static>);
+pub struct SourceError(Arc<dyn StdError + Send + Sync + 'static>);
 
-impl LoaderError {
+impl SourceError {
     /// Wraps any error.
     pub fn new(err: impl Into<BoxError>) -> Self {
         Self(Arc::from(err.into()))
@@ -145,19 +177,19 @@ impl LoaderError {
     }
 }
 
-impl fmt::Debug for LoaderError {
+impl fmt::Debug for SourceError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(&self.0, f)
     }
 }
 
-impl fmt::Display for LoaderError {
+impl fmt::Display for SourceError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(&self.0, f)
     }
 }
 
-impl StdError for LoaderError {
+impl StdError for SourceError {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
         self.0.source()
     }

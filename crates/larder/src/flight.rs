@@ -16,7 +16,7 @@
 //! `Send + 'static`: clone the pool or client handle into the closure.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use std::panic::AssertUnwindSafe;
@@ -58,8 +58,51 @@ pub(crate) type BatchOutcome = Result<HashMap<String, Lookup>, Error>;
 /// entry, never across an `.await`, and a std lock is much cheaper for that.
 #[derive(Default)]
 pub(crate) struct Flights {
-    map: Mutex<HashMap<String, (u64, WeakOutcome)>>,
+    map: Mutex<HashMap<String, Flight>>,
+    /// Writes in progress, per key: a write voided by a later write or
+    /// invalidation (here or, through the bus, in another process) must not
+    /// put its value in L1, which may already be older than Redis's.
+    writes: Mutex<HashMap<String, Vec<WriteFlag>>>,
     next_id: AtomicU64,
+}
+
+/// One write in progress: its id and its void flag.
+type WriteFlag = (u64, Arc<AtomicBool>);
+
+/// A write in progress; see [`Flights::begin_write`].
+pub(crate) struct WriteGuard {
+    flights: Arc<Flights>,
+    key: String,
+    id: u64,
+    void: Arc<AtomicBool>,
+}
+
+impl WriteGuard {
+    /// Whether a later write or invalidation of the key happened meanwhile.
+    pub fn is_void(&self) -> bool {
+        self.void.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for WriteGuard {
+    fn drop(&mut self) {
+        let mut writes = self.flights.lock_writes();
+        if let Some(list) = writes.get_mut(&self.key) {
+            list.retain(|(id, _)| *id != self.id);
+            if list.is_empty() {
+                writes.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// One running load of one key.
+struct Flight {
+    id: u64,
+    outcome: WeakOutcome,
+    /// Set when the key is invalidated or written while the load runs: the
+    /// load may have read the old row, so it must not fill the cache.
+    void: Arc<AtomicBool>,
 }
 
 /// Removes a flight's keys from the map when its load ends: normally, by a
@@ -67,14 +110,24 @@ pub(crate) struct Flights {
 pub(crate) struct FlightGuard {
     flights: Arc<Flights>,
     id: u64,
-    keys: Vec<String>,
+    keys: Vec<(String, Arc<AtomicBool>)>,
+}
+
+impl FlightGuard {
+    /// Whether `key` was invalidated or written since this load started, in
+    /// which case its result must not be stored.
+    pub fn is_void(&self, key: &str) -> bool {
+        self.keys
+            .iter()
+            .any(|(k, void)| k == key && void.load(Ordering::Acquire))
+    }
 }
 
 impl Drop for FlightGuard {
     fn drop(&mut self) {
         let mut map = self.flights.lock();
-        for key in &self.keys {
-            if map.get(key).is_some_and(|(id, _)| *id == self.id) {
+        for (key, _) in &self.keys {
+            if map.get(key).is_some_and(|f| f.id == self.id) {
                 map.remove(key);
             }
         }
@@ -94,7 +147,7 @@ fn share<T: Clone + Send + 'static>(
 }
 
 impl Flights {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, WeakOutcome)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Flight>> {
         // A panic while holding this lock can only come from a bug in a map
         // operation; the map itself stays consistent, so keep using it.
         self.map
@@ -112,18 +165,19 @@ impl Flights {
         start: impl FnOnce(FlightGuard) -> BoxFuture<'static, Outcome>,
     ) -> SharedOutcome {
         let mut map = self.lock();
-        if let Some(flight) = map.get(key).and_then(|(_, weak)| weak.upgrade()) {
+        if let Some(flight) = map.get(key).and_then(|f| f.outcome.upgrade()) {
             return flight;
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let void = Arc::new(AtomicBool::new(false));
         let guard = FlightGuard {
             flights: Arc::clone(self),
             id,
-            keys: vec![key.to_owned()],
+            keys: vec![(key.to_owned(), Arc::clone(&void))],
         };
         let flight = share(start(guard));
-        if let Some(weak) = flight.downgrade() {
-            map.insert(key.to_owned(), (id, weak));
+        if let Some(outcome) = flight.downgrade() {
+            map.insert(key.to_owned(), Flight { id, outcome, void });
         }
         flight
     }
@@ -142,7 +196,7 @@ impl Flights {
         let mut out: Vec<Option<SharedOutcome>> = Vec::with_capacity(keys.len());
         let mut owned = Vec::new();
         for (i, key) in keys.iter().enumerate() {
-            match map.get(key).and_then(|(_, weak)| weak.upgrade()) {
+            match map.get(key).and_then(|f| f.outcome.upgrade()) {
                 Some(flight) => out.push(Some(flight)),
                 None => {
                     out.push(None);
@@ -152,23 +206,33 @@ impl Flights {
         }
         if !owned.is_empty() {
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let voids: Vec<Arc<AtomicBool>> = owned
+                .iter()
+                .map(|_| Arc::new(AtomicBool::new(false)))
+                .collect();
             let guard = FlightGuard {
                 flights: Arc::clone(self),
                 id,
-                keys: owned.iter().map(|&i| keys[i].clone()).collect(),
+                keys: owned
+                    .iter()
+                    .zip(&voids)
+                    .map(|(&i, v)| (keys[i].clone(), Arc::clone(v)))
+                    .collect(),
             };
             let batch = share(start(owned.clone(), guard));
-            for i in owned {
+            for (i, void) in owned.into_iter().zip(voids) {
                 let key = keys[i].clone();
                 let batch = batch.clone();
                 let flight = async move {
                     let all = batch.await?;
-                    all.get(&key).cloned().ok_or(Error::LoaderPanicked)
+                    all.get(&key).cloned().ok_or(Error::Internal(
+                        "a batch load returned no answer for one of its keys",
+                    ))
                 }
                 .boxed()
                 .shared();
-                if let Some(weak) = flight.downgrade() {
-                    map.insert(keys[i].clone(), (id, weak));
+                if let Some(outcome) = flight.downgrade() {
+                    map.insert(keys[i].clone(), Flight { id, outcome, void });
                 }
                 out[i] = Some(flight);
             }
@@ -176,12 +240,103 @@ impl Flights {
         out.into_iter().flatten().collect()
     }
 
+    fn lock_writes(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<WriteFlag>>> {
+        self.writes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Voids the load of `key` in progress, if any: it still answers the
+    /// callers already waiting on it (they asked before the change), but it
+    /// does not fill the cache, and new callers start a fresh load. Writes of
+    /// `key` in progress are voided too: they keep their value out of L1.
+    pub fn void(&self, key: &str) {
+        if let Some(flight) = self.lock().remove(key) {
+            flight.void.store(true, Ordering::Release);
+        }
+        if let Some(writes) = self.lock_writes().get(key) {
+            for (_, void) in writes {
+                void.store(true, Ordering::Release);
+            }
+        }
+    }
+
+    /// [`void`](Self::void) for every load and write whose key matches.
+    pub fn void_matching(&self, mut matches: impl FnMut(&str) -> bool) {
+        self.lock().retain(|key, flight| {
+            let hit = matches(key);
+            if hit {
+                flight.void.store(true, Ordering::Release);
+            }
+            !hit
+        });
+        for (key, writes) in self.lock_writes().iter() {
+            if matches(key) {
+                for (_, void) in writes {
+                    void.store(true, Ordering::Release);
+                }
+            }
+        }
+    }
+
+    /// Voids every load and write in progress.
+    pub fn void_all(&self) {
+        self.void_matching(|_| true);
+    }
+
+    /// Starts a write of `key`: voids what is in progress for it (loads and
+    /// earlier writes), and registers this one so that what comes after can
+    /// void it in turn.
+    pub fn begin_write(self: &Arc<Self>, key: &str) -> WriteGuard {
+        self.void(key);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let void = Arc::new(AtomicBool::new(false));
+        self.lock_writes()
+            .entry(key.to_owned())
+            .or_default()
+            .push((id, Arc::clone(&void)));
+        WriteGuard {
+            flights: Arc::clone(self),
+            key: key.to_owned(),
+            id,
+            void,
+        }
+    }
+
     /// How many callers are waiting on the load of `key` (0 if none runs).
     pub fn waiters(&self, key: &str) -> usize {
-        let flight = self.lock().get(key).and_then(|(_, weak)| weak.upgrade());
+        let flight = self.lock().get(key).and_then(|f| f.outcome.upgrade());
         flight
             .and_then(|f| f.strong_count())
             // Not counting the handle just upgraded here.
             .map_or(0, |n| n.saturating_sub(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_later_write_or_invalidation_voids_earlier_writes() {
+        let flights = Arc::new(Flights::default());
+        let first = flights.begin_write("k");
+        let second = flights.begin_write("k");
+        assert!(first.is_void(), "the later write wins L1");
+        assert!(!second.is_void());
+        let other = flights.begin_write("other");
+        flights.void("k");
+        assert!(
+            second.is_void(),
+            "an invalidation voids the write in progress"
+        );
+        assert!(!other.is_void(), "other keys are untouched");
+        flights.void_matching(|k| k.starts_with("oth"));
+        assert!(other.is_void());
+        drop((first, second, other));
+        assert!(
+            flights.lock_writes().is_empty(),
+            "finished writes deregister"
+        );
     }
 }

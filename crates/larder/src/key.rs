@@ -57,6 +57,8 @@ pub struct PartWriter<'a> {
     layout: &'a KeyLayout,
     /// Parts written so far.
     written: usize,
+    /// Whether [`Any`] writes a wildcard (building a pattern) or plain text.
+    pattern: bool,
 }
 
 impl PartWriter<'_> {
@@ -64,6 +66,17 @@ impl PartWriter<'_> {
     pub fn text(&mut self, raw: &str) {
         self.begin_part();
         escape_into(self.out, raw);
+    }
+
+    /// Writes a wildcard when building a pattern; in a plain key, [`Any`] is
+    /// just the text `*` (escaped like any other).
+    fn wildcard(&mut self) {
+        if self.pattern {
+            self.begin_part();
+            self.out.push('*');
+        } else {
+            self.text("*");
+        }
     }
 
     /// Writes one integer part (never needs escaping).
@@ -135,6 +148,11 @@ impl KeyLayout {
         }
     }
 
+    /// The literal text every key of the layout starts with.
+    pub(crate) fn prefix(&self) -> &str {
+        self.literals.first().map_or("", |l| l)
+    }
+
     /// The full Redis key layout: `<namespace>:{<filled template>}`.
     ///
     /// The braces are a Redis Cluster hash tag: a value and the helper keys
@@ -152,9 +170,25 @@ impl KeyLayout {
             out,
             layout: self,
             written: 0,
+            pattern: false,
         };
         parts.write_parts(&mut w);
         w.finish()
+    }
+
+    /// The pattern for `parts`, where [`Any`] parts match any value (see
+    /// [`matches_pattern`]); and the parts written.
+    pub(crate) fn fill_pattern<P: KeyParts + ?Sized>(&self, parts: &P) -> (String, usize) {
+        let mut out = String::with_capacity(self.literal_len + 8 * self.arity);
+        let mut w = PartWriter {
+            out: &mut out,
+            layout: self,
+            written: 0,
+            pattern: true,
+        };
+        parts.write_parts(&mut w);
+        let n = w.finish();
+        (out, n)
     }
 
     /// A new string holding the key for `parts`, and the parts written.
@@ -162,6 +196,55 @@ impl KeyLayout {
         let mut out = String::with_capacity(self.literal_len + 8 * self.arity);
         let n = self.fill_into(&mut out, parts);
         (out, n)
+    }
+}
+
+/// A wildcard part, for pattern invalidation: `(42, Any)` on
+/// `user:{user_id}:orders:{order_id}` means every order of user 42.
+///
+/// It matches exactly one whole part, never a separator, so it cannot reach
+/// into another family's keys; and since real parts are escaped, a user id of
+/// `*` is just that user's id, not a wildcard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Any;
+
+impl KeyPart for Any {
+    fn write_part(&self, w: &mut PartWriter<'_>) {
+        w.wildcard()
+    }
+}
+
+/// Whether `key` matches `pattern`, both full keys (`ns:{a:b:c}`) where a `*`
+/// pattern segment matches any one segment (escaped parts never contain `:`
+/// or `*`).
+///
+/// ```
+/// use larder::key::matches_pattern;
+/// assert!(matches_pattern("app:{user:42:*}", "app:{user:42:orders}"));
+/// assert!(!matches_pattern("app:{user:42:*}", "app:{user:42:orders:7}"));
+/// assert!(!matches_pattern("app:{user:*}", "app:{user:%2A:orders}"));
+/// ```
+pub fn matches_pattern(pattern: &str, key: &str) -> bool {
+    let (Some((p_prefix, p_inner)), Some((k_prefix, k_inner))) =
+        (pattern.split_once('{'), key.split_once('{'))
+    else {
+        return false;
+    };
+    if p_prefix != k_prefix {
+        return false;
+    }
+    let (Some(p_inner), Some(k_inner)) = (p_inner.strip_suffix('}'), k_inner.strip_suffix('}'))
+    else {
+        return false;
+    };
+    let mut p = p_inner.split(':');
+    let mut k = k_inner.split(':');
+    loop {
+        match (p.next(), k.next()) {
+            (None, None) => return true,
+            (Some(ps), Some(ks)) if ps == "*" || ps == ks => {}
+            _ => return false,
+        }
     }
 }
 
@@ -373,6 +456,84 @@ impl KeyTemplate {
     }
 }
 
+/// A family's tag template (`user:{user_id}`), filled from the family's own
+/// key parts by placeholder name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TagTemplate {
+    template: KeyTemplate,
+    /// For each tag segment: a literal, or the index of the family key
+    /// segment that holds the part.
+    pieces: Vec<TagPiece>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum TagPiece {
+    Literal(String),
+    FromKey(usize),
+}
+
+impl TagTemplate {
+    /// Compiles `tag` against the family's key template: every placeholder of
+    /// the tag must be one of the family's.
+    pub(crate) fn compile(tag: &str, family: &KeyTemplate) -> Result<TagTemplate, String> {
+        let template = KeyTemplate::parse(tag).map_err(|e| format!("tag: {e}"))?;
+        let mut pieces = Vec::new();
+        for seg in &template.segments {
+            match seg {
+                Segment::Literal(l) => pieces.push(TagPiece::Literal(l.clone())),
+                Segment::Placeholder(name) => {
+                    let at = family
+                        .segments
+                        .iter()
+                        .position(|s| matches!(s, Segment::Placeholder(p) if p == name))
+                        .ok_or_else(|| {
+                            format!(
+                                "tag `{tag}` uses `{{{name}}}`, which key template `{}` does not have",
+                                family.source
+                            )
+                        })?;
+                    pieces.push(TagPiece::FromKey(at));
+                }
+            }
+        }
+        Ok(TagTemplate { template, pieces })
+    }
+
+    /// The tag key for the family entry `value_key` (`<ns>:{a:42}` gives
+    /// `<ns>:tag:{user:42}`). The parts are taken already escaped from the
+    /// value key, so they are escaped exactly as in a key built directly.
+    pub(crate) fn key_for(&self, namespace: &str, value_key: &str) -> Option<String> {
+        let inner = value_key.split_once('{')?.1.strip_suffix('}')?;
+        let segments: Vec<&str> = inner.split(':').collect();
+        let mut out = tag_prefix(namespace);
+        for (i, piece) in self.pieces.iter().enumerate() {
+            if i > 0 {
+                out.push(':');
+            }
+            match piece {
+                TagPiece::Literal(l) => out.push_str(l),
+                TagPiece::FromKey(at) => out.push_str(segments.get(*at)?),
+            }
+        }
+        out.push('}');
+        Some(out)
+    }
+}
+
+fn tag_prefix(namespace: &str) -> String {
+    format!("{namespace}:tag:{{")
+}
+
+/// The tag key for `template` filled with `parts`: what
+/// [`Cache::invalidate_tag`](crate::Cache::invalidate_tag) bumps.
+pub(crate) fn tag_key<P: KeyParts + ?Sized>(
+    namespace: &str,
+    template: &KeyTemplate,
+    parts: &P,
+) -> (String, usize) {
+    KeyLayout::new(template, &tag_prefix(namespace), "}").fill(parts)
+}
+
 /// Checks a namespace prefix: non-empty, `[A-Za-z0-9_.-]` and `:` only.
 pub(crate) fn validate_namespace(ns: &str) -> Result<(), Error> {
     if ns.is_empty() || ns.len() > 64 {
@@ -436,6 +597,34 @@ mod tests {
         assert_eq!(tpl.fill(&"1:orders").unwrap(), "user:1%3Aorders:orders");
         assert_eq!(tpl.fill(&"%2A").unwrap(), "user:%252A:orders");
         assert_eq!(tpl.fill(&"é").unwrap(), "user:%C3%A9:orders");
+    }
+
+    #[test]
+    fn patterns_have_whole_part_wildcards_and_escape_the_rest() {
+        let l = KeyLayout::full("app", &t("user:{id}:orders:{order}"));
+        assert_eq!(l.fill_pattern(&(42, Any)).0, "app:{user:42:orders:*}");
+        assert_eq!(l.fill_pattern(&("*", Any)).0, "app:{user:%2A:orders:*}");
+        // In a plain key, Any is only text.
+        assert_eq!(l.fill(&(Any, 1)).0, "app:{user:%2A:orders:1}");
+        let p = l.fill_pattern(&("*", Any)).0;
+        assert!(matches_pattern(&p, "app:{user:%2A:orders:9}"));
+        assert!(!matches_pattern(&p, "app:{user:42:orders:9}"));
+        assert!(!matches_pattern(&p, "other:{user:%2A:orders:9}"));
+        assert!(!matches_pattern("app:{user:*}", "app:{user:1:orders}"));
+    }
+
+    #[test]
+    fn tags_are_filled_from_the_key_by_name() {
+        let family = t("portfolio:{user_id}:{currency}");
+        let tag = TagTemplate::compile("user:{user_id}", &family).unwrap();
+        let (key, _) = KeyLayout::full("app", &family).fill(&("a:b", "INR"));
+        assert_eq!(tag.key_for("app", &key).unwrap(), "app:tag:{user:a%3Ab}");
+        // The same tag key as invalidate_tag builds from the raw part.
+        assert_eq!(
+            tag_key("app", &t("user:{user_id}"), &"a:b").0,
+            "app:tag:{user:a%3Ab}"
+        );
+        assert!(TagTemplate::compile("user:{nope}", &family).is_err());
     }
 
     #[test]

@@ -51,6 +51,7 @@
 #![warn(missing_docs)]
 
 mod builder;
+mod bus;
 mod cache;
 mod codec;
 mod error;
@@ -59,17 +60,18 @@ mod flight;
 pub mod key;
 mod metrics;
 mod policy;
+mod scripts;
 mod tier;
 
 pub use builder::{
     CacheBuilder, DEFAULT_L1_MAX_BYTES, DEFAULT_MAX_KEY_LEN, DEFAULT_REDIS_CONNECT_TIMEOUT,
     DEFAULT_REDIS_TIMEOUT,
 };
-pub use cache::{Cache, L1Usage};
-pub use error::{BoxError, Error, LoaderError};
+pub use cache::{BusStats, Cache, L1Usage};
+pub use error::{BoxError, Error, SourceError};
 pub use family::Family;
 pub use metrics::FamilyStats;
 pub use policy::{
-    Codec, DEFAULT_COMPRESS_ABOVE, DEFAULT_MAX_VALUE_SIZE, DEFAULT_NEGATIVE_TTL, Jitter, Policies,
-    Policy, Strategy, Ttl,
+    Codec, DEFAULT_COMPRESS_ABOVE, DEFAULT_MAX_VALUE_SIZE, DEFAULT_NEGATIVE_TTL, Jitter, MAX_TAGS,
+    Policies, Policy, Strategy, Ttl,
 };

@@ -12,6 +12,11 @@
 //! strategy = "write-through"
 //! ttl = "2s"
 //!
+//! [families.watchlist]
+//! key = "watchlist:{user_id}"
+//! ttl = "5m"
+//! tags = ["user:{user_id}"]   # invalidate_tag("user:{user_id}", &42) reaches it
+//!
 //! [families.country_list]
 //! key = "countries"
 //! ttl = "never"          # must be spelled out: a forgotten TTL is an error
@@ -24,7 +29,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::Error;
-use crate::key::KeyTemplate;
+use crate::key::{KeyTemplate, TagTemplate};
 
 /// How long entries live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,6 +180,7 @@ pub struct Policy {
     pub(crate) codec: Codec,
     pub(crate) strategy: Strategy,
     pub(crate) l1: bool,
+    pub(crate) tags: Vec<String>,
 }
 
 /// Default limit on one encoded value: the article's "payload is very large
@@ -182,6 +188,8 @@ pub struct Policy {
 pub const DEFAULT_MAX_VALUE_SIZE: usize = 1024 * 1024;
 /// Values larger than this are lz4-compressed before going to Redis.
 pub const DEFAULT_COMPRESS_ABOVE: usize = 1024;
+/// Most tags one family may carry (each is read on every Redis read).
+pub const MAX_TAGS: usize = 8;
 /// Negative entries live at most this long unless the family says otherwise.
 pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(30);
 
@@ -200,6 +208,7 @@ impl Policy {
             codec: Codec::default(),
             strategy: Strategy::default(),
             l1: true,
+            tags: Vec::new(),
         }
     }
 
@@ -264,6 +273,16 @@ impl Policy {
     /// for data that must be shared exactly across processes.
     pub fn l1(mut self, enabled: bool) -> Self {
         self.l1 = enabled;
+        self
+    }
+
+    /// Tags every entry with `template`, filled from the entry's own key
+    /// parts by placeholder name: a `portfolio:{user_id}` family tagged
+    /// `user:{user_id}` puts portfolio 42 under tag `user:42`, and
+    /// [`Cache::invalidate_tag`](crate::Cache::invalidate_tag)`("user:{user_id}", &42)`
+    /// makes it (and every other family's entry tagged so) a miss everywhere.
+    pub fn tag(mut self, template: impl Into<String>) -> Self {
+        self.tags.push(template.into());
         self
     }
 
@@ -333,6 +352,15 @@ impl Policy {
             (None, Ttl::After(d)) => d.min(DEFAULT_NEGATIVE_TTL),
             (None, Ttl::Never) => DEFAULT_NEGATIVE_TTL,
         };
+        if self.tags.len() > MAX_TAGS {
+            return Err(fail(format!("at most {MAX_TAGS} tags per family")));
+        }
+        let tags = self
+            .tags
+            .iter()
+            .map(|t| TagTemplate::compile(t, &template))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(fail)?;
         if self.max_value_size == 0 {
             return Err(fail("max_value_size must be greater than zero".into()));
         }
@@ -346,6 +374,7 @@ impl Policy {
             ttl,
             max_jitter,
             negative_ttl,
+            tags,
         })
     }
 }
@@ -358,6 +387,7 @@ pub(crate) struct CompiledPolicy {
     pub ttl: Ttl,
     pub max_jitter: Duration,
     pub negative_ttl: Duration,
+    pub tags: Vec<TagTemplate>,
 }
 
 impl CompiledPolicy {
@@ -412,6 +442,8 @@ struct PolicyEntry {
     codec: Option<Codec>,
     strategy: Option<Strategy>,
     l1: Option<bool>,
+    #[serde(default)]
+    tags: Vec<String>,
 }
 
 impl Policies {
@@ -473,6 +505,7 @@ impl Policies {
             if let Some(l1) = e.l1 {
                 p.l1 = l1;
             }
+            p.tags = e.tags;
             p.validate()?;
             out.insert(p);
         }

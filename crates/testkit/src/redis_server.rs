@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 pub struct RedisServer {
     child: Child,
     port: u16,
+    extra: Vec<String>,
 }
 
 impl RedisServer {
@@ -19,39 +20,17 @@ impl RedisServer {
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .unwrap_or_else(|e| panic!("no free loopback port: {e}"));
-        let mut child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot run redis-server ({e}): install it with `apt-get install redis-server` \
-                     or run ./scripts/test, which does"
-                )
-            });
-        let stdout = child.stdout.take().expect("stdout was piped");
-        // Read the log until the server says it is ready (bounded: a server
-        // that exits closes the pipe and ends the loop).
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut ready = false;
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if line.contains("Ready to accept connections") {
-                ready = true;
-                break;
-            }
-            if Instant::now() > deadline {
-                break;
-            }
-        }
-        if !ready {
-            let _ = child.kill();
-            panic!("redis-server on port {port} did not become ready");
-        }
-        RedisServer { child, port }
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let child = spawn(port, &extra);
+        RedisServer { child, port, extra }
+    }
+
+    /// Kills the server and starts a new, empty one on the same port (a new
+    /// `run_id`, as after a crash or a failover).
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn(self.port, &self.extra);
     }
 
     /// `redis://127.0.0.1:<port>`.
@@ -79,4 +58,41 @@ impl Drop for RedisServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Runs `redis-server` on `port` and waits until it accepts connections.
+fn spawn(port: u16, extra: &[String]) -> Child {
+    let mut child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+        .args(extra.iter())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run redis-server ({e}): install it with `apt-get install redis-server` \
+                     or run ./scripts/test, which does"
+            )
+        });
+    let stdout = child.stdout.take().expect("stdout was piped");
+    // Read the log until the server says it is ready (bounded: a server
+    // that exits closes the pipe and ends the loop).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut ready = false;
+    for line in BufReader::new(stdout).lines() {
+        let Ok(line) = line else { break };
+        if line.contains("Ready to accept connections") {
+            ready = true;
+            break;
+        }
+        if Instant::now() > deadline {
+            break;
+        }
+    }
+    if !ready {
+        let _ = child.kill();
+        panic!("redis-server on port {port} did not become ready");
+    }
+    child
 }

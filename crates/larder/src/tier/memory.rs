@@ -27,6 +27,9 @@ pub(crate) type AnyValue = Arc<dyn Any + Send + Sync>;
 /// (negative ones in particular) from being free.
 const ENTRY_OVERHEAD: usize = 96;
 
+/// The tag keys an entry carries (shared by the entry's copies).
+pub(crate) type Tags = Arc<[String]>;
+
 /// One L1 entry.
 #[derive(Clone)]
 pub(crate) struct L1Entry {
@@ -36,6 +39,8 @@ pub(crate) struct L1Entry {
     pub expires_at: Option<Instant>,
     /// What the entry costs against the byte budget.
     pub weight: u32,
+    /// The entry's tag keys, so that a tag invalidation can find it.
+    pub tags: Option<Tags>,
 }
 
 impl L1Entry {
@@ -47,12 +52,14 @@ impl L1Entry {
         value: Option<AnyValue>,
         encoded_len: usize,
         ttl: Option<Duration>,
+        tags: Option<Tags>,
     ) -> Self {
         let weight = (key.len() + encoded_len + ENTRY_OVERHEAD).min(u32::MAX as usize) as u32;
         L1Entry {
             value,
             expires_at: ttl.and_then(|t| Instant::now().checked_add(t)),
             weight,
+            tags,
         }
     }
 }
@@ -75,6 +82,9 @@ impl MemoryTier {
         let cache = Moka::builder()
             .max_capacity(max_bytes)
             .weigher(|_, v: &L1Entry| v.weight)
+            // Tag and pattern invalidations from the bus drop entries by
+            // predicate: lazily, but never returned once registered.
+            .support_invalidation_closures()
             // Runs inline on moka's housekeeping: keep it to one counter.
             .eviction_listener(|_, _, cause| {
                 if cause == RemovalCause::Size {
@@ -103,6 +113,32 @@ impl MemoryTier {
 
     pub fn invalidate(&self, key: &str) {
         self.cache.invalidate(key)
+    }
+
+    /// Drops every entry carrying tag key `tag`.
+    pub fn invalidate_tag(&self, tag: &str) {
+        let tag = tag.to_owned();
+        self.invalidate_if(move |_, e| e.tags.as_ref().is_some_and(|t| t.contains(&tag)));
+    }
+
+    /// Drops every entry whose key matches `pattern` (see
+    /// [`crate::key::matches_pattern`]).
+    pub fn invalidate_pattern(&self, pattern: &str) {
+        let pattern = pattern.to_owned();
+        self.invalidate_if(move |k, _| crate::key::matches_pattern(&pattern, k));
+    }
+
+    /// Drops everything.
+    pub fn invalidate_all(&self) {
+        self.cache.invalidate_all()
+    }
+
+    fn invalidate_if(&self, predicate: impl Fn(&String, &L1Entry) -> bool + Send + Sync + 'static) {
+        // Only fails if closures were not enabled at build time, which they
+        // are; fall back to dropping everything rather than serving stale.
+        if self.cache.invalidate_entries_if(predicate).is_err() {
+            self.cache.invalidate_all();
+        }
     }
 
     /// Entries and bytes held, after pending housekeeping has run.

@@ -12,12 +12,13 @@
 //! multi-slot `MGET`/`UNLINK`) slot in: the tier speaks `Cmd`/`Pipeline` and
 //! does not care which one runs them.
 
+use std::future::Future;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, FromRedisValue, Pipeline};
 
-use crate::Error;
+use crate::{Error, scripts};
 
 /// How the tier reaches Redis.
 #[derive(Clone)]
@@ -36,6 +37,7 @@ pub(crate) struct RedisSettings {
 /// The L2 tier.
 pub(crate) struct RedisTier {
     backend: Backend,
+    client: redis::Client,
     op_timeout: Duration,
 }
 
@@ -57,30 +59,58 @@ impl RedisTier {
                 "rediss:// needs larder's `tls` feature".into(),
             ));
         }
-        let client = redis::Client::open(settings.url.as_str())
+        let info = redis::IntoConnectionInfo::into_connection_info(settings.url.as_str())
+            .map_err(|e| Error::RedisUrl(e.to_string()))?;
+        let client = redis::Client::open(info.set_tcp_settings(tcp_settings()))
             .map_err(|e| Error::RedisUrl(e.to_string()))?;
         // No response timeout in the client: every command already runs under
-        // ours (`run`), which also covers waiting for a reconnect; a second
-        // timer per command would only cost time.
+        // ours (`bounded`), which also covers waiting for a reconnect. A
+        // timeout does not make redis-rs reconnect, though; a half-open
+        // connection (peer gone without a FIN/RST) is caught by the TCP
+        // settings below instead.
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(settings.connect_timeout))
             .set_response_timeout(None)
             .set_max_delay(Duration::from_secs(2));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
             .map_err(|e| Error::RedisUrl(e.to_string()))?;
         let tier = RedisTier {
             backend: Backend::Standalone(conn),
+            client,
             op_timeout: settings.op_timeout,
         };
         // Bounded by connect + op timeouts, so a dead Redis delays start-up by
         // about a second at most.
-        let probe = tokio::time::timeout(
-            settings.connect_timeout + settings.op_timeout,
-            tier.run::<String>("PING", &redis::cmd("PING")),
-        )
+        let probe = tokio::time::timeout(settings.connect_timeout + settings.op_timeout, async {
+            // The first command also connects: give it the connect timeout.
+            let ping = async {
+                redis::cmd("PING")
+                    .query_async::<String>(&mut tier.conn())
+                    .await
+            };
+            match tokio::time::timeout(settings.connect_timeout, ping).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    return Err(Error::Redis {
+                        op: "PING",
+                        reason: e.to_string(),
+                    });
+                }
+                Err(_) => return Err(tier.timed_out("PING")),
+            }
+            // Load the scripts now, so that pipelines can call them by SHA.
+            tier.bounded("SCRIPT LOAD", async {
+                let mut conn = tier.conn();
+                for script in scripts::all() {
+                    script.load_async(&mut conn).await?;
+                }
+                Ok(())
+            })
+            .await
+        })
         .await;
         match probe {
-            Ok(Ok(_)) => tracing::debug!("redis answered PING"),
+            Ok(Ok(())) => tracing::debug!("redis answered PING"),
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "redis is not answering yet; serving from L1 and loaders until it does")
             }
@@ -91,13 +121,12 @@ impl RedisTier {
         Ok(tier)
     }
 
-    /// Runs one command under the op timeout.
-    async fn run<T: FromRedisValue>(&self, op: &'static str, cmd: &Cmd) -> Result<T, Error> {
-        let fut = async {
-            match &self.backend {
-                Backend::Standalone(c) => cmd.query_async::<T>(&mut c.clone()).await,
-            }
-        };
+    /// Runs a Redis future under the op timeout, mapping its error.
+    async fn bounded<T>(
+        &self,
+        op: &'static str,
+        fut: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, Error> {
         match tokio::time::timeout(self.op_timeout, fut).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(Error::Redis {
@@ -108,25 +137,69 @@ impl RedisTier {
         }
     }
 
+    fn conn(&self) -> ConnectionManager {
+        match &self.backend {
+            Backend::Standalone(c) => c.clone(),
+        }
+    }
+
+    /// The client, for connections of their own (the bus listener's blocking
+    /// reads must not hold up the shared connection).
+    pub fn client(&self) -> &redis::Client {
+        &self.client
+    }
+
+    /// Runs one command under the op timeout.
+    pub async fn run<T: FromRedisValue>(&self, op: &'static str, cmd: &Cmd) -> Result<T, Error> {
+        self.bounded(op, async { cmd.query_async::<T>(&mut self.conn()).await })
+            .await
+    }
+
     /// Runs a pipeline (one round trip) under the op timeout.
-    async fn run_pipe<T: FromRedisValue>(
+    pub async fn run_pipe<T: FromRedisValue>(
         &self,
         op: &'static str,
         pipe: &Pipeline,
     ) -> Result<T, Error> {
-        let fut = async {
-            match &self.backend {
-                Backend::Standalone(c) => pipe.query_async::<T>(&mut c.clone()).await,
+        self.bounded(op, async { pipe.query_async::<T>(&mut self.conn()).await })
+            .await
+    }
+
+    /// Runs a pipeline that calls scripts by SHA. If Redis has forgotten them
+    /// (it restarted), loads them and runs the pipeline once more.
+    pub async fn run_pipe_with_scripts<T: FromRedisValue>(
+        &self,
+        op: &'static str,
+        pipe: &Pipeline,
+    ) -> Result<T, Error> {
+        self.bounded(op, async {
+            let mut conn = self.conn();
+            match pipe.query_async::<T>(&mut conn).await {
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    for script in scripts::all() {
+                        script.load_async(&mut conn).await?;
+                    }
+                    pipe.query_async::<T>(&mut conn).await
+                }
+                other => other,
             }
-        };
-        match tokio::time::timeout(self.op_timeout, fut).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(Error::Redis {
-                op,
-                reason: e.to_string(),
-            }),
-            Err(_) => Err(self.timed_out(op)),
-        }
+        })
+        .await
+    }
+
+    /// Runs a script (by SHA, loading it if needed).
+    #[allow(dead_code)] // used by the write-behind queue
+    pub async fn run_script<T: FromRedisValue>(
+        &self,
+        op: &'static str,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, Error> {
+        self.bounded(op, async {
+            invocation.invoke_async::<T>(&mut self.conn()).await
+        })
+        .await
     }
 
     fn timed_out(&self, op: &'static str) -> Error {
@@ -139,11 +212,6 @@ impl RedisTier {
         }
     }
 
-    /// `GET key`.
-    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
-        self.run("GET", redis::cmd("GET").arg(key)).await
-    }
-
     /// `MGET keys...`: one round trip for all of them.
     pub async fn mget(&self, keys: &[&str]) -> Result<Vec<Option<Vec<u8>>>, Error> {
         if keys.is_empty() {
@@ -152,30 +220,37 @@ impl RedisTier {
         self.run("MGET", redis::cmd("MGET").arg(keys)).await
     }
 
-    /// `SET key value [PX ttl]`.
-    pub async fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), Error> {
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(key).arg(value);
-        if let Some(ttl) = ttl {
-            cmd.arg("PX").arg(ttl_ms(ttl));
-        }
-        self.run("SET", &cmd).await
+    /// Stores an encoded value unless Redis holds a newer version of it
+    /// (see [`scripts::SET_IF_NEWER`]). Returns whether it was stored.
+    pub async fn store(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<bool, Error> {
+        let mut pipe = redis::pipe();
+        add_store(&mut pipe, key, value, ttl);
+        let (stored,): (i64,) = self.run_pipe_with_scripts("SET (versioned)", &pipe).await?;
+        Ok(stored == 1)
     }
 
-    /// Many `SET`s in one pipelined round trip.
-    pub async fn set_many(&self, items: &[(&str, &[u8], Option<Duration>)]) -> Result<(), Error> {
+    /// Many [`store`](Self::store)s in one pipelined round trip; whether each
+    /// was stored.
+    pub async fn store_many(
+        &self,
+        items: &[(&str, &[u8], Option<Duration>)],
+    ) -> Result<Vec<bool>, Error> {
         if items.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let mut pipe = redis::pipe();
         for (key, value, ttl) in items {
-            let cmd = pipe.cmd("SET").arg(*key).arg(*value);
-            if let Some(ttl) = ttl {
-                cmd.arg("PX").arg(ttl_ms(*ttl));
-            }
-            cmd.ignore();
+            add_store(&mut pipe, key, value, *ttl);
         }
-        self.run_pipe("SET (pipeline)", &pipe).await
+        let stored: Vec<i64> = self
+            .run_pipe_with_scripts("SET (versioned, pipeline)", &pipe)
+            .await?;
+        Ok(stored.into_iter().map(|s| s == 1).collect())
     }
 
     /// `UNLINK keys...` (a non-blocking `DEL`).
@@ -187,6 +262,35 @@ impl RedisTier {
             .await
             .map(|_| ())
     }
+}
+
+/// Appends a versioned store to a pipeline.
+pub(crate) fn add_store(pipe: &mut Pipeline, key: &str, value: &[u8], ttl: Option<Duration>) {
+    pipe.cmd("EVALSHA")
+        .arg(scripts::SET_IF_NEWER.get_hash())
+        .arg(1)
+        .arg(key)
+        .arg(value)
+        .arg(ttl.map_or(0, ttl_ms));
+}
+
+/// TCP settings of every Redis connection: keep-alive probes on an idle
+/// connection, and `TCP_USER_TIMEOUT` so that a connection whose peer has
+/// vanished (failover, network partition, no RST) errors within seconds
+/// and gets replaced, instead of timing every command out for the ~15
+/// minutes the kernel's retransmission defaults take.
+fn tcp_settings() -> redis::io::tcp::TcpSettings {
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(5))
+        .with_interval(Duration::from_secs(1));
+    #[cfg(any(target_os = "linux", target_os = "android", target_os = "fuchsia"))]
+    let keepalive = keepalive.with_retries(3);
+    let settings = redis::io::tcp::TcpSettings::default()
+        .set_nodelay(true)
+        .set_keepalive(keepalive);
+    #[cfg(any(target_os = "linux", target_os = "android", target_os = "fuchsia"))]
+    let settings = settings.set_user_timeout(Duration::from_secs(10));
+    settings
 }
 
 /// Milliseconds for `PX`, at least 1 (`PX 0` is an error in Redis).

@@ -1,0 +1,407 @@
+//! Families: typed handles on one kind of cached data, and the read path.
+//! The write paths are in `write.rs`, the machinery both share in `ctx.rs`.
+//!
+//! The read path (cache-aside, the article's "Cache Hit vs Cache Miss"):
+//!
+//! ```text
+//! get_or_load(k) ─▶ L1 ─hit─▶ Arc<V>                      (no decode, no I/O)
+//!                    │miss
+//!                    ▼
+//!              single-flight ─ already loading? ─▶ wait for that load
+//!                    │first caller: start the load (shared by all waiters)
+//!                    ▼
+//!              L1 again ─▶ L2 MGET value [+ pending write] [+ tag versions]
+//!                                ─hit (tags current)─▶ decode ─▶ fill L1
+//!                                │miss / stale tag / undecodable (deleted) / Redis down
+//!                                ▼
+//!                             loader ─▶ encode (tag versions read before the load)
+//!                                    ─▶ SET-if-newer L2 (TTL) ─▶ fill L1
+//! ```
+//!
+//! A load whose key is invalidated or written while it runs still answers the
+//! callers that were waiting on it, but does not fill either tier: it may
+//! have read the row from before the change.
+
+mod ctx;
+mod write;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::Hash;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use futures_util::FutureExt;
+use futures_util::future::{Either, ready};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub(crate) use ctx::Ctx;
+
+use crate::Error;
+use crate::cache::Cache;
+use crate::error::BoxError;
+use crate::flight::{Lookup, Source};
+use crate::key::{KeyLayout, KeyParts};
+use crate::metrics::{FamilyMetrics, FamilyStats, Outcome as Counted};
+use crate::policy::{CompiledPolicy, Strategy};
+use crate::tier::memory::Tags;
+
+/// The state of one family shared by all its handles.
+pub(crate) struct FamilyCore {
+    pub policy: CompiledPolicy,
+    pub namespace: String,
+    /// The family's keys, namespace and hash tag included.
+    pub layout: KeyLayout,
+    pub metrics: FamilyMetrics,
+}
+
+impl FamilyCore {
+    pub fn new(namespace: &str, policy: CompiledPolicy) -> Self {
+        let metrics = FamilyMetrics::new(&policy.policy.name);
+        let layout = KeyLayout::full(namespace, &policy.template);
+        FamilyCore {
+            policy,
+            namespace: namespace.to_string(),
+            layout,
+            metrics,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.policy.policy.name
+    }
+
+    /// Whether writes go through the write-behind queue, so that reads must
+    /// look for a pending write before loading.
+    pub fn write_behind(&self) -> bool {
+        self.policy.policy.strategy == Strategy::WriteBehind
+    }
+
+    /// The tag keys of the entry at `key`, if the family has tags.
+    pub fn tag_keys(&self, key: &str) -> Option<Tags> {
+        if self.policy.tags.is_empty() {
+            return None;
+        }
+        let keys: Vec<String> = self
+            .policy
+            .tags
+            .iter()
+            .filter_map(|t| t.key_for(&self.namespace, key))
+            .collect();
+        Some(keys.into())
+    }
+
+    /// The key of the pending-write marker beside the value at `key`.
+    pub fn pending_key(key: &str) -> String {
+        format!("{key}:wb")
+    }
+}
+
+/// A typed handle on one family: keys of type `K`, values of type `V`.
+///
+/// Values come back as `Arc<V>`: an L1 hit hands out the cached value itself,
+/// shared, without copying or decoding it.
+///
+/// Cheap to clone. Open it with [`Cache::family`].
+pub struct Family<K, V> {
+    pub(crate) cache: Cache,
+    pub(crate) core: Arc<FamilyCore>,
+    pub(crate) _types: PhantomData<fn(&K) -> V>,
+}
+
+impl<K, V> Clone for Family<K, V> {
+    fn clone(&self) -> Self {
+        Family {
+            cache: self.cache.clone(),
+            core: Arc::clone(&self.core),
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<K, V> std::fmt::Debug for Family<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Family")
+            .field("name", &self.core.policy.policy.name)
+            .field("key", &self.core.policy.template.as_str())
+            .finish()
+    }
+}
+
+impl<K, V> Family<K, V>
+where
+    K: KeyParts + 'static,
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    /// The family's name.
+    pub fn name(&self) -> &str {
+        &self.core.policy.policy.name
+    }
+
+    /// The Redis key for `key`: namespace, then the filled template in a hash
+    /// tag (`app:{portfolio:42}`), every part escaped.
+    pub fn key(&self, key: &K) -> Result<String, Error> {
+        let (full, filled) = self.core.layout.fill(key);
+        debug_assert_eq!(
+            filled,
+            K::ARITY,
+            "arity is checked when the family is opened"
+        );
+        self.check_len(&full)?;
+        Ok(full)
+    }
+
+    fn check_len(&self, key: &str) -> Result<(), Error> {
+        let max = self.cache.shared.max_key_len;
+        if key.len() > max {
+            return Err(Error::KeyTooLong {
+                family: self.name().to_string(),
+                len: key.len(),
+                max,
+            });
+        }
+        Ok(())
+    }
+
+    /// The counters of this family since the cache was built.
+    pub fn stats(&self) -> FamilyStats {
+        self.core.metrics.snapshot()
+    }
+
+    /// How many callers are waiting on an in-flight load of `key` right now
+    /// (0 when none runs). A diagnostic, and what tests use to know that a
+    /// stampede has gathered before letting the loader finish.
+    pub fn waiting(&self, key: &K) -> usize {
+        match self.key(key) {
+            Ok(k) => self.cache.shared.flights.waiters(&k),
+            Err(_) => 0,
+        }
+    }
+
+    fn ctx(&self) -> Ctx {
+        Ctx {
+            shared: Arc::clone(&self.cache.shared),
+            core: Arc::clone(&self.core),
+        }
+    }
+
+    /// Returns the value for `key`, loading it on a miss.
+    ///
+    /// L1, then Redis, then `loader`; a loaded value is stored in Redis (with
+    /// the family's TTL and jitter) and then in L1. The loader returns
+    /// `Ok(None)` for "no such row": that answer is cached too, for the
+    /// family's `negative_ttl`, so a flood of unknown ids does not reach the
+    /// database. `Ok(None)` is then what this call returns.
+    ///
+    /// Concurrent calls for one key share one load (single-flight): the loader
+    /// runs once and every caller gets its value, or its error as
+    /// [`Error::Loader`]. Errors are not cached; the next call retries.
+    ///
+    /// The in-process tier is consulted when this is called, so an L1 hit is
+    /// a ready future. The returned future borrows nothing: it can be
+    /// spawned.
+    ///
+    /// The load is driven by whoever waits on it, so a caller being
+    /// cancelled does not cancel the load others are waiting on; that is why
+    /// the loader must be `Send + 'static` (move a clone of your pool into
+    /// it).
+    ///
+    /// Redis failures and undecodable values never reach the caller: they are
+    /// counted and the loader answers instead.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), larder::Error> {
+    /// # use larder::{Cache, Policy};
+    /// # use std::time::Duration;
+    /// # let cache = Cache::builder()
+    /// #     .family(Policy::new("user", "user:{id}").ttl(Duration::from_secs(60)))
+    /// #     .build().await?;
+    /// let users = cache.family::<u64, String>("user")?;
+    /// let found = users
+    ///     .get_or_load(&7, || async { Ok::<_, std::io::Error>(Some("grace".to_string())) })
+    ///     .await?;
+    /// assert_eq!(found.as_deref().map(String::as_str), Some("grace"));
+    ///
+    /// let missing = users.get_or_load(&8, || async { Ok::<_, std::io::Error>(None) }).await?;
+    /// assert!(missing.is_none());
+    /// // Remembered: this loader is not called.
+    /// let again = users.get_or_load(&8, || async { unreachable!() as Result<_, std::io::Error> }).await?;
+    /// assert!(again.is_none());
+    /// # Ok(()) }
+    /// ```
+    pub fn get_or_load<F, Fut, E>(
+        &self,
+        key: &K,
+        loader: F,
+    ) -> impl Future<Output = Result<Option<Arc<V>>, Error>> + Send + 'static
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        let shared = &self.cache.shared;
+        if !shared.enabled {
+            let ctx = self.ctx();
+            return Either::Right(async move { ctx.bypass_one(loader).await }.boxed());
+        }
+        let key = match self.key(key) {
+            Ok(key) => key,
+            Err(e) => return Either::Left(ready(Err(e))),
+        };
+        // An L1 hit is answered here and now: no await, no reference count
+        // touched but the value's own.
+        if let Some(l1) = shared.l1.as_ref().filter(|_| self.core.policy.policy.l1)
+            && let Some(entry) = l1.get(&key)
+        {
+            let hit = Lookup {
+                value: entry.value,
+                source: Source::L1,
+            };
+            return Either::Left(ready(answer(&self.core, hit)));
+        }
+        let ctx = self.ctx();
+        let load_ctx = ctx.clone();
+        let task_key = key.clone();
+        let flight = ctx.shared.flights.join_or_start(&key, move |guard| {
+            async move {
+                let outcome = load_ctx.load_one(task_key, loader, &guard).await;
+                // The guard ends the flight only now, after the fill: a caller
+                // arriving later finds the value in L1 or joins this flight.
+                drop(guard);
+                outcome
+            }
+            .boxed()
+        });
+        Either::Right(async move { ctx.answer(flight.await?) }.boxed())
+    }
+
+    /// Returns the values for many keys, in the order given, with one Redis
+    /// round trip (`MGET`) for all the keys L1 does not hold and one loader
+    /// call for all that Redis does not hold either.
+    ///
+    /// `loader` receives the keys still missing and returns the values it
+    /// found; a key it leaves out is "not found" and cached as such. Keys
+    /// already being loaded by another call are waited on, not loaded twice.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), larder::Error> {
+    /// # use larder::{Cache, Policy};
+    /// # use std::{collections::HashMap, time::Duration};
+    /// # let cache = Cache::builder()
+    /// #     .family(Policy::new("price", "price:{symbol}").ttl(Duration::from_secs(2)))
+    /// #     .build().await?;
+    /// let prices = cache.family::<String, u64>("price")?;
+    /// let symbols = vec!["AAA".to_string(), "BBB".to_string(), "NOPE".to_string()];
+    /// let got = prices
+    ///     .get_many(&symbols, |missing: Vec<String>| async move {
+    ///         // One query for all of them, e.g. `WHERE symbol = ANY($1)`.
+    ///         let db = HashMap::from([("AAA".to_string(), 101u64), ("BBB".to_string(), 202)]);
+    ///         Ok::<_, std::io::Error>(
+    ///             missing.into_iter().filter_map(|s| db.get(&s).map(|p| (s, *p))).collect(),
+    ///         )
+    ///     })
+    ///     .await?;
+    /// assert_eq!(got[0].as_deref(), Some(&101));
+    /// assert_eq!(got[2], None);
+    /// # Ok(()) }
+    /// ```
+    pub async fn get_many<F, Fut, E>(
+        &self,
+        keys: &[K],
+        loader: F,
+    ) -> Result<Vec<Option<Arc<V>>>, Error>
+    where
+        K: Clone + Eq + Hash + Send + Sync,
+        F: FnOnce(Vec<K>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<HashMap<K, V>, E>> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        let ctx = self.ctx();
+        if !ctx.shared.enabled {
+            return ctx.bypass_many(keys, loader).await;
+        }
+        let full: Vec<String> = keys.iter().map(|k| self.key(k)).collect::<Result<_, _>>()?;
+        let mut answers: Vec<Option<Lookup>> = vec![None; keys.len()];
+        // Distinct keys that L1 does not hold, each with its first position.
+        let mut missing: Vec<String> = Vec::new();
+        let mut missing_parts: Vec<K> = Vec::new();
+        let mut first_seen: HashMap<&str, usize> = HashMap::new();
+        for (i, key) in full.iter().enumerate() {
+            if first_seen.contains_key(key.as_str()) {
+                continue;
+            }
+            first_seen.insert(key, i);
+            match ctx.l1_get(key) {
+                Some(entry) => {
+                    answers[i] = Some(Lookup {
+                        value: entry.value,
+                        source: Source::L1,
+                    })
+                }
+                None => {
+                    missing.push(key.clone());
+                    missing_parts.push(keys[i].clone());
+                }
+            }
+        }
+        if !missing.is_empty() {
+            let flights = Arc::clone(&ctx.shared.flights);
+            let load_ctx = ctx.clone();
+            let missing_for_task = missing.clone();
+            let outcomes = flights.join_or_start_many(&missing, move |owned, guard| {
+                let items: Vec<(String, K)> = owned
+                    .into_iter()
+                    .map(|i| (missing_for_task[i].clone(), missing_parts[i].clone()))
+                    .collect();
+                async move {
+                    let outcome = load_ctx.load_batch(items, loader, &guard).await;
+                    drop(guard);
+                    outcome
+                }
+                .boxed()
+            });
+            let results = futures_util::future::join_all(outcomes).await;
+            for (key, result) in missing.iter().zip(results) {
+                answers[first_seen[key.as_str()]] = Some(result?);
+            }
+        }
+        // Count and convert; duplicates copy their first occurrence's answer.
+        let mut out = Vec::with_capacity(keys.len());
+        for (i, key) in full.iter().enumerate() {
+            let first = first_seen[key.as_str()];
+            let lookup = if first == i { answers[i].take() } else { None };
+            let value = match lookup {
+                Some(l) => ctx.answer(l)?,
+                None => out.get(first).cloned().flatten(),
+            };
+            out.push(value);
+        }
+        Ok(out)
+    }
+}
+
+/// Counts one request and hands its value to the caller.
+fn answer<V: Send + Sync + 'static>(
+    core: &FamilyCore,
+    lookup: Lookup,
+) -> Result<Option<Arc<V>>, Error> {
+    let counted = match (lookup.source, lookup.value.is_some()) {
+        (Source::Loader, _) => Counted::Miss,
+        (_, false) => Counted::NegativeHit,
+        (Source::L1, true) => Counted::HitL1,
+        (Source::L2, true) => Counted::HitL2,
+    };
+    core.metrics.request(counted);
+    match lookup.value {
+        None => Ok(None),
+        Some(any) => any
+            .downcast::<V>()
+            .map(Some)
+            .map_err(|_| Error::FamilyTypeMismatch {
+                family: core.policy.policy.name.clone(),
+            }),
+    }
+}

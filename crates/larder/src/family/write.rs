@@ -1,0 +1,328 @@
+//! The write paths: set, versioned set, write-through, and invalidation by
+//! key and by pattern (the article's "Write-Through" and "Cache Invalidation").
+//!
+//! Every write and invalidation also goes on the invalidation bus (in the
+//! same round trip), so that other processes drop their L1 copy, and voids
+//! any load of the key already running in this process, so that a load that
+//! read the old row cannot put it back.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{Ctx, Family};
+use crate::Error;
+use crate::bus::Event;
+use crate::codec::Meta;
+use crate::error::{BoxError, SourceError};
+use crate::key::{KeyParts, matches_pattern};
+use crate::tier::redis::add_store;
+
+/// Keys asked of Redis per `SCAN` step of a pattern invalidation.
+const SCAN_COUNT: usize = 1000;
+
+impl Ctx {
+    /// The current versions of the tags of `key`, to stamp a write with.
+    async fn tag_versions(&self, key: &str) -> Result<Vec<u64>, Error> {
+        let Some(tags) = self.core.tag_keys(key) else {
+            return Ok(Vec::new());
+        };
+        let Some(l2) = &self.shared.l2 else {
+            return Ok(vec![0; tags.len()]);
+        };
+        let refs: Vec<&str> = tags.iter().map(String::as_str).collect();
+        let values = l2.mget(&refs).await?;
+        Ok(values
+            .into_iter()
+            .map(|v| {
+                v.and_then(|b| std::str::from_utf8(&b).ok()?.parse().ok())
+                    .unwrap_or(0)
+            })
+            .collect())
+    }
+
+    /// Stores `value` in both tiers and tells the other processes. With a
+    /// version, Redis keeps whichever version is higher; without, the value
+    /// overwrites. Returns whether it was stored.
+    pub async fn write<V>(&self, key: String, value: V, version: Option<u64>) -> Result<bool, Error>
+    where
+        V: Serialize + Send + Sync + 'static,
+    {
+        let guard = self.shared.flights.begin_write(&key);
+        let tags = match self.tag_versions(&key).await {
+            Ok(t) => t,
+            Err(e) => {
+                self.core.metrics.redis_error();
+                self.l1_remove(&key);
+                return Err(e);
+            }
+        };
+        let ttl = self.policy().draw_ttl();
+        let meta = Meta::new(ttl, Duration::ZERO)
+            .with_version(version.unwrap_or(0))
+            .with_tags(tags);
+        let encoded = self
+            .encode(Some(&value), &meta)
+            .map_err(|e| self.encode_error(e))?;
+        let stored = match &self.shared.l2 {
+            None => true,
+            Some(l2) => {
+                let mut pipe = redis::pipe();
+                match version {
+                    Some(_) => add_store(&mut pipe, &key, &encoded.bytes, ttl),
+                    None => {
+                        let cmd = pipe.cmd("SET").arg(&key).arg(&encoded.bytes);
+                        if let Some(ttl) = ttl {
+                            cmd.arg("PX").arg((ttl.as_millis() as u64).max(1));
+                        }
+                    }
+                }
+                if let Some(bus) = &self.shared.bus {
+                    bus.add(&mut pipe, &Event::Key(key.clone()));
+                }
+                match l2
+                    .run_pipe_with_scripts::<(redis::Value,)>("SET", &pipe)
+                    .await
+                {
+                    // `OK` from SET, 1 or 0 from the set-if-newer script.
+                    Ok((redis::Value::Int(0),)) => false,
+                    Ok(_) => true,
+                    Err(e) => {
+                        self.core.metrics.redis_error();
+                        self.l1_remove(&key);
+                        return Err(e);
+                    }
+                }
+            }
+        };
+        if stored && !guard.is_void() {
+            self.l1_put(key, Some(Arc::new(value)), encoded.payload_len, ttl);
+        } else {
+            // Redis holds a newer version, or a newer write or invalidation
+            // came in meanwhile: ours must not linger in L1.
+            self.l1_remove(&key);
+        }
+        Ok(stored)
+    }
+
+    /// Deletes `key` from Redis (telling the other processes) and from L1.
+    pub async fn invalidate_key(&self, key: &str) -> Result<(), Error> {
+        self.shared.flights.void(key);
+        let result = match &self.shared.l2 {
+            Some(l2) => {
+                let mut pipe = redis::pipe();
+                pipe.cmd("UNLINK").arg(key).ignore();
+                if let Some(bus) = &self.shared.bus {
+                    bus.add(&mut pipe, &Event::Key(key.to_owned()));
+                }
+                l2.run_pipe::<()>("UNLINK", &pipe).await
+            }
+            None => Ok(()),
+        };
+        self.l1_remove(key);
+        if result.is_err() {
+            self.core.metrics.redis_error();
+        }
+        result
+    }
+}
+
+impl<K, V> Family<K, V>
+where
+    K: KeyParts + 'static,
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    /// Stores `value` under `key` in Redis and L1, with the family's TTL,
+    /// overwriting what is there, and tells the other processes to drop their
+    /// copy.
+    ///
+    /// For values the application just wrote to the database itself; prefer
+    /// [`write_through`](Self::write_through) (database first) or
+    /// [`set_versioned`](Self::set_versioned) when writers can race. Fails
+    /// with [`Error::ValueTooLarge`] over the family's size limit, and with
+    /// [`Error::Redis`] if Redis did not take it; in that case the L1 copy is
+    /// dropped too, so this process does not serve a value other processes
+    /// never saw.
+    pub async fn set(&self, key: &K, value: V) -> Result<(), Error> {
+        if !self.cache.shared.enabled {
+            return Ok(());
+        }
+        let key = self.key(key)?;
+        self.ctx().write(key, value, None).await.map(|_| ())
+    }
+
+    /// Stores `value` as version `version` of `key`, unless a higher version
+    /// is already cached: concurrent writers that finish out of order leave
+    /// the newest version, not the last to arrive. Returns whether it was
+    /// stored. The comparison is atomic in Redis (a script) and covers loader
+    /// fills too: a load never replaces a versioned value.
+    ///
+    /// Versions are the caller's, e.g. a row version or `updated_at` in
+    /// microseconds; any increasing `u64` works.
+    pub async fn set_versioned(&self, key: &K, value: V, version: u64) -> Result<bool, Error> {
+        if !self.cache.shared.enabled {
+            return Ok(false);
+        }
+        let key = self.key(key)?;
+        self.ctx().write(key, value, Some(version)).await
+    }
+
+    /// Write-through: runs `persist` (the database write) first, and only if
+    /// it succeeds stores `value` as version `version` in both tiers.
+    ///
+    /// - `persist` fails → the cache is untouched and [`Error::Persist`]
+    ///   carries its error.
+    /// - the cache update fails after `persist` succeeded → the key is
+    ///   deleted instead (never left holding the old value), and the call
+    ///   still succeeds: the database has the write, and the next read
+    ///   loads it.
+    ///
+    /// Returns what `persist` returned.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), larder::Error> {
+    /// # use larder::{Cache, Policy};
+    /// # use std::time::Duration;
+    /// # let cache = Cache::builder()
+    /// #     .family(Policy::new("price", "stock:{symbol}:price").ttl(Duration::from_secs(2)))
+    /// #     .build().await?;
+    /// let prices = cache.family::<String, String>("price")?;
+    /// let symbol = "RELIANCE".to_string();
+    /// let version = prices
+    ///     .write_through(&symbol, 8, "2431.55".to_string(), async {
+    ///         // UPDATE instruments SET last_price = $1, version = version + 1 ... RETURNING version
+    ///         Ok::<_, std::io::Error>(8u64)
+    ///     })
+    ///     .await?;
+    /// assert_eq!(version, 8);
+    /// # Ok(()) }
+    /// ```
+    pub async fn write_through<R, E, Fut>(
+        &self,
+        key: &K,
+        version: u64,
+        value: V,
+        persist: Fut,
+    ) -> Result<R, Error>
+    where
+        Fut: Future<Output = Result<R, E>>,
+        E: Into<BoxError>,
+    {
+        let key = self.key(key)?;
+        let persisted = persist
+            .await
+            .map_err(|e| Error::Persist(SourceError::new(e)))?;
+        if !self.cache.shared.enabled {
+            return Ok(persisted);
+        }
+        let ctx = self.ctx();
+        if let Err(e) = ctx.write(key.clone(), value, Some(version)).await {
+            tracing::warn!(family = %self.name(), error = %e, "write-through: cache update failed after the database write; deleting the key");
+            if let Err(e) = ctx.invalidate_key(&key).await {
+                // Redis is unreachable: its copy (if any) ages out by TTL.
+                tracing::warn!(family = %self.name(), error = %e, "write-through: could not delete the key either");
+            }
+        }
+        Ok(persisted)
+    }
+
+    /// Deletes `key` from Redis and from L1, and tells every other process to
+    /// drop its L1 copy (delete on write). A load of `key` already running
+    /// here does not put its (possibly older) result back.
+    ///
+    /// Call it after the database write commits. If Redis cannot be reached
+    /// the L1 copy is still dropped and [`Error::Redis`] is returned: the
+    /// Redis copy may be stale until its TTL.
+    pub async fn invalidate(&self, key: &K) -> Result<(), Error> {
+        if !self.cache.shared.enabled {
+            return Ok(());
+        }
+        let key = self.key(key)?;
+        self.ctx().invalidate_key(&key).await
+    }
+
+    /// Deletes every entry of this family whose key matches `pattern`: the
+    /// family's key parts, with [`Any`](crate::key::Any) where any value goes.
+    /// Returns how many Redis keys were deleted.
+    ///
+    /// `SCAN` + `UNLINK` in batches, never `KEYS`; every part is escaped, so
+    /// a user id of `*` matches that user only, and a wildcard matches exactly
+    /// one part, so no other family's keys can match. Other processes drop
+    /// their matching L1 entries through the bus.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), larder::Error> {
+    /// # use larder::{Cache, Policy, key::Any};
+    /// # use std::time::Duration;
+    /// # let cache = Cache::builder()
+    /// #     .family(Policy::new("order", "user:{user_id}:order:{order_id}").ttl(Duration::from_secs(60)))
+    /// #     .build().await?;
+    /// let orders = cache.family::<(u64, u64), String>("order")?;
+    /// orders.set(&(42, 1), "BUY".into()).await?;
+    /// orders.invalidate_pattern(&(42u64, Any)).await?; // every order of user 42
+    /// # Ok(()) }
+    /// ```
+    pub async fn invalidate_pattern<P: KeyParts>(&self, pattern: &P) -> Result<u64, Error> {
+        if !self.cache.shared.enabled {
+            return Ok(0);
+        }
+        let (pattern, filled) = self.core.layout.fill_pattern(pattern);
+        let expected = self.core.policy.template.arity();
+        if filled != expected {
+            return Err(Error::Pattern {
+                family: self.name().to_string(),
+                reason: format!("the key template has {expected} part(s), the pattern {filled}"),
+            });
+        }
+        let shared = &self.cache.shared;
+        shared
+            .flights
+            .void_matching(|k| matches_pattern(&pattern, k));
+        let mut deleted = 0u64;
+        if let Some(l2) = &shared.l2 {
+            let mut cursor = 0u64;
+            loop {
+                let (next, keys): (u64, Vec<String>) = l2
+                    .run(
+                        "SCAN",
+                        redis::cmd("SCAN")
+                            .arg(cursor)
+                            .arg("MATCH")
+                            .arg(&pattern)
+                            .arg("COUNT")
+                            .arg(SCAN_COUNT),
+                    )
+                    .await?;
+                // A glob `*` also matches `:`; keep only keys of this
+                // family's exact shape.
+                let mine: Vec<&str> = keys
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|k| matches_pattern(&pattern, k))
+                    .collect();
+                if !mine.is_empty() {
+                    l2.unlink(&mine).await?;
+                    deleted += mine.len() as u64;
+                }
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
+            }
+            if let Some(bus) = &shared.bus {
+                let mut pipe = redis::pipe();
+                bus.add(&mut pipe, &Event::Pattern(pattern.clone()));
+                l2.run_pipe::<()>("XADD", &pipe).await?;
+            }
+        }
+        if let Some(l1) = &shared.l1 {
+            l1.invalidate_pattern(&pattern);
+        }
+        Ok(deleted)
+    }
+}

@@ -1,0 +1,102 @@
+//! The Lua scripts larder runs in Redis, each loaded once and called by SHA.
+//!
+//! Scripts exist where two steps must not interleave with another client's:
+//! reading the stored version and writing a newer value, or enqueueing a
+//! write-behind entry and recording it as pending. Every key a script touches
+//! is passed in `KEYS` and shares the value's hash tag (or is the family's
+//! queue), so the scripts stay valid on a cluster.
+
+use std::sync::LazyLock;
+
+/// Compares the 8-byte big-endian versions at bytes 14..21 (1-based) of two
+/// encoded values. Byte by byte, because Lua numbers are doubles (they lose
+/// u64 precision) and Lua's string `<` follows the server's locale.
+const CMP_VERSION: &str = r#"
+local function cmp_version(a, b)
+  for i = 14, 21 do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then
+      if x < y then return -1 else return 1 end
+    end
+  end
+  return 0
+end
+-- Whether `v` is an encoded value of layout 2 (header byte 0x2?), long
+-- enough to carry a version.
+local function versioned(v)
+  return v and #v >= 22 and math.floor(string.byte(v, 1) / 16) == 2
+end
+"#;
+
+fn with_prelude(body: &str) -> redis::Script {
+    redis::Script::new(&format!("{CMP_VERSION}\n{body}"))
+}
+
+/// `SET` unless a newer version is stored.
+///
+/// KEYS[1] value key. ARGV[1] encoded value (version inside), ARGV[2] TTL in
+/// ms (`0`: none). Returns 1 if stored, 0 if the stored version is newer.
+pub(crate) static SET_IF_NEWER: LazyLock<redis::Script> = LazyLock::new(|| {
+    with_prelude(
+        r#"
+local cur = redis.call('GET', KEYS[1])
+if versioned(cur) and cmp_version(cur, ARGV[1]) > 0 then
+  return 0
+end
+if ARGV[2] == '0' then
+  redis.call('SET', KEYS[1], ARGV[1])
+else
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
+return 1
+"#,
+    )
+});
+
+/// Write-behind enqueue: append the write to the family's stream, record it
+/// as pending (read-your-writes), and store it in the cache, atomically.
+///
+/// KEYS[1] value key, KEYS[2] pending key, KEYS[3] stream. ARGV[1] encoded
+/// value (version inside), ARGV[2] value TTL ms (`0`: none), ARGV[3] encoded
+/// key parts, ARGV[4] pending-marker TTL ms, ARGV[5] stream field `key`.
+/// Returns the stream entry id.
+pub(crate) static ENQUEUE_WRITE: LazyLock<redis::Script> = LazyLock::new(|| {
+    with_prelude(
+        r#"
+local id = redis.call('XADD', KEYS[3], '*', 'key', ARGV[5], 'k', ARGV[3], 'v', ARGV[1])
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[4])
+local cur = redis.call('GET', KEYS[1])
+if not (versioned(cur) and cmp_version(cur, ARGV[1]) > 0) then
+  if ARGV[2] == '0' then
+    redis.call('SET', KEYS[1], ARGV[1])
+  else
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  end
+end
+return id
+"#,
+    )
+});
+
+/// Clears a pending marker once its write (or a newer one) is in the
+/// database; a newer pending write stays.
+///
+/// KEYS[1] pending key. ARGV[1] the encoded value that was persisted.
+/// Returns 1 if cleared.
+pub(crate) static CLEAR_PENDING: LazyLock<redis::Script> = LazyLock::new(|| {
+    with_prelude(
+        r#"
+local cur = redis.call('GET', KEYS[1])
+if cur and (not versioned(cur) or cmp_version(cur, ARGV[1]) <= 0) then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+"#,
+    )
+});
+
+/// Every script, for loading them after a connect or a `NOSCRIPT`.
+pub(crate) fn all() -> [&'static redis::Script; 3] {
+    [&SET_IF_NEWER, &ENQUEUE_WRITE, &CLEAR_PENDING]
+}
