@@ -282,6 +282,7 @@ impl CacheBuilder {
                 enabled: self.enabled,
                 bus,
                 listener,
+                local_queues: Mutex::new(HashMap::new()),
             }),
         })
     }

@@ -18,6 +18,7 @@ use crate::key::{KeyParts, KeyTemplate, tag_key};
 use crate::policy::CompiledPolicy;
 use crate::tier::memory::MemoryTier;
 use crate::tier::redis::RedisTier;
+use crate::write_behind::MemoryQueue;
 
 /// A two-tier cache: an in-process tier (L1) in front of Redis (L2), in front
 /// of your loaders (the database).
@@ -98,6 +99,16 @@ pub(crate) struct Shared {
     /// The task applying other processes' invalidations to L1 (with Redis
     /// and L1); dropping it stops the task.
     pub listener: Option<Listener>,
+    /// Write-behind queues without Redis, by family.
+    pub local_queues: Mutex<HashMap<String, Arc<MemoryQueue>>>,
+}
+
+impl Shared {
+    /// The in-process write-behind queue of `family` (without Redis).
+    pub fn local_queue(&self, family: &str) -> Arc<MemoryQueue> {
+        let mut queues = self.local_queues.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(queues.entry(family.to_string()).or_default())
+    }
 }
 
 impl std::fmt::Debug for Cache {

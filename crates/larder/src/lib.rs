@@ -62,6 +62,7 @@ mod metrics;
 mod policy;
 mod scripts;
 mod tier;
+pub mod write_behind;
 
 pub use builder::{
     CacheBuilder, DEFAULT_L1_MAX_BYTES, DEFAULT_MAX_KEY_LEN, DEFAULT_REDIS_CONNECT_TIMEOUT,

@@ -21,11 +21,22 @@
 //! | `larder_redis_errors_total` | counter | `family` |
 //! | `larder_oversize_values_total` | counter | `family` |
 //! | `larder_l1_evictions_total` | counter | (none: L1 is shared by all families) |
+//! | `larder_write_behind_enqueued_total` | counter | `family` |
+//! | `larder_write_behind_persisted_total` | counter | `family` |
+//! | `larder_write_behind_retries_total` | counter | `family` |
+//! | `larder_write_behind_dead_letters_total` | counter | `family` |
+//! | `larder_write_behind_batch_size` | histogram | `family` |
+//! | `larder_write_behind_queue_length` | gauge | `family` (entries waiting or in progress) |
+//! | `larder_write_behind_lag_seconds` | gauge | `family` (age of the oldest) |
+//! | `larder_bus_events_total`, `larder_bus_flushes_total{reason}`, `larder_bus_reconnects_total` | counter | the invalidation bus |
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use metrics::{Counter, Histogram, counter, describe_counter, describe_histogram, histogram};
+use metrics::{
+    Counter, Gauge, Histogram, counter, describe_counter, describe_gauge, describe_histogram,
+    gauge, histogram,
+};
 
 /// A snapshot of one family's counters since the cache was built.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -101,6 +112,13 @@ pub(crate) struct FamilyMetrics {
     decode_errors: Counter,
     redis_errors: Counter,
     oversize: Counter,
+    wb_enqueued: Counter,
+    wb_persisted: Counter,
+    wb_retries: Counter,
+    wb_dead: Counter,
+    wb_batch: Histogram,
+    wb_queue: Gauge,
+    wb_lag: Gauge,
     totals: Totals,
 }
 
@@ -139,6 +157,47 @@ pub(crate) fn describe() {
         "larder_l1_evictions_total",
         "L1 entries evicted to stay within the byte budget."
     );
+    describe_counter!(
+        "larder_write_behind_enqueued_total",
+        "Writes queued by write_behind."
+    );
+    describe_counter!(
+        "larder_write_behind_persisted_total",
+        "Queued writes persisted by a worker."
+    );
+    describe_counter!(
+        "larder_write_behind_retries_total",
+        "Queued writes scheduled for a retry."
+    );
+    describe_counter!(
+        "larder_write_behind_dead_letters_total",
+        "Queued writes moved to the dead-letter stream."
+    );
+    describe_histogram!(
+        "larder_write_behind_batch_size",
+        "Writes per persisted batch, after coalescing."
+    );
+    describe_gauge!(
+        "larder_write_behind_queue_length",
+        "Writes waiting or in progress."
+    );
+    describe_gauge!(
+        "larder_write_behind_lag_seconds",
+        metrics::Unit::Seconds,
+        "Age of the oldest queued write."
+    );
+    describe_counter!(
+        "larder_bus_events_total",
+        "Invalidations from other processes applied to L1."
+    );
+    describe_counter!(
+        "larder_bus_flushes_total",
+        "Whole-L1 flushes because invalidations may have been missed."
+    );
+    describe_counter!(
+        "larder_bus_reconnects_total",
+        "Reconnections of the invalidation bus listener."
+    );
 }
 
 impl FamilyMetrics {
@@ -155,7 +214,14 @@ impl FamilyMetrics {
             loader_seconds: histogram!("larder_loader_duration_seconds", "family" => family.clone()),
             decode_errors: counter!("larder_decode_errors_total", "family" => family.clone()),
             redis_errors: counter!("larder_redis_errors_total", "family" => family.clone()),
-            oversize: counter!("larder_oversize_values_total", "family" => family),
+            oversize: counter!("larder_oversize_values_total", "family" => family.clone()),
+            wb_enqueued: counter!("larder_write_behind_enqueued_total", "family" => family.clone()),
+            wb_persisted: counter!("larder_write_behind_persisted_total", "family" => family.clone()),
+            wb_retries: counter!("larder_write_behind_retries_total", "family" => family.clone()),
+            wb_dead: counter!("larder_write_behind_dead_letters_total", "family" => family.clone()),
+            wb_batch: histogram!("larder_write_behind_batch_size", "family" => family.clone()),
+            wb_queue: gauge!("larder_write_behind_queue_length", "family" => family.clone()),
+            wb_lag: gauge!("larder_write_behind_lag_seconds", "family" => family),
             totals: Totals::default(),
         }
     }
@@ -194,6 +260,31 @@ impl FamilyMetrics {
     pub fn oversize(&self) {
         self.oversize.increment(1);
         self.totals.oversize.fetch_add(1, Relaxed);
+    }
+
+    pub fn write_behind_enqueued(&self) {
+        self.wb_enqueued.increment(1);
+    }
+
+    pub fn write_behind_persisted(&self, n: usize) {
+        self.wb_persisted.increment(n as u64);
+    }
+
+    pub fn write_behind_retry(&self) {
+        self.wb_retries.increment(1);
+    }
+
+    pub fn write_behind_dead_letter(&self) {
+        self.wb_dead.increment(1);
+    }
+
+    pub fn write_behind_batch(&self, n: usize) {
+        self.wb_batch.record(n as f64);
+    }
+
+    pub fn write_behind_backlog(&self, len: u64, oldest: Duration) {
+        self.wb_queue.set(len as f64);
+        self.wb_lag.set(oldest.as_secs_f64());
     }
 
     pub fn snapshot(&self) -> FamilyStats {

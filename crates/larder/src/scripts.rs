@@ -56,21 +56,37 @@ return 1
 /// Write-behind enqueue: append the write to the family's stream, record it
 /// as pending (read-your-writes), and store it in the cache, atomically.
 ///
+/// The write's version comes from the stream entry id (`ms << 20 | seq`, the
+/// order Redis gave the writes), patched into the value's header here.
+///
 /// KEYS[1] value key, KEYS[2] pending key, KEYS[3] stream. ARGV[1] encoded
-/// value (version inside), ARGV[2] value TTL ms (`0`: none), ARGV[3] encoded
-/// key parts, ARGV[4] pending-marker TTL ms, ARGV[5] stream field `key`.
-/// Returns the stream entry id.
+/// value (version bytes zero), ARGV[2] value TTL ms (`0`: none), ARGV[3]
+/// encoded key parts, ARGV[4] pending-marker TTL ms, ARGV[5] the value key
+/// again (stored in the entry). Returns the stream entry id.
 pub(crate) static ENQUEUE_WRITE: LazyLock<redis::Script> = LazyLock::new(|| {
     with_prelude(
         r#"
 local id = redis.call('XADD', KEYS[3], '*', 'key', ARGV[5], 'k', ARGV[3], 'v', ARGV[1])
-redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[4])
+local dash = string.find(id, '-', 1, true)
+local ms = tonumber(string.sub(id, 1, dash - 1))
+local seq = tonumber(string.sub(id, dash + 1))
+if seq > 1048575 then seq = 1048575 end
+-- ms < 2^44 and seq < 2^20: both 32-bit halves of ms << 20 | seq are
+-- exact in Lua's doubles.
+local hi = math.floor(ms / 4096)
+local lo = (ms % 4096) * 1048576 + seq
+local function be32(x)
+  return string.char(math.floor(x / 16777216) % 256, math.floor(x / 65536) % 256,
+                     math.floor(x / 256) % 256, x % 256)
+end
+local v = string.sub(ARGV[1], 1, 13) .. be32(hi) .. be32(lo) .. string.sub(ARGV[1], 22)
+redis.call('SET', KEYS[2], v, 'PX', ARGV[4])
 local cur = redis.call('GET', KEYS[1])
-if not (versioned(cur) and cmp_version(cur, ARGV[1]) > 0) then
+if not (versioned(cur) and cmp_version(cur, v) > 0) then
   if ARGV[2] == '0' then
-    redis.call('SET', KEYS[1], ARGV[1])
+    redis.call('SET', KEYS[1], v)
   else
-    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+    redis.call('SET', KEYS[1], v, 'PX', ARGV[2])
   end
 end
 return id

@@ -167,6 +167,33 @@ impl Ctx {
         V: DeserializeOwned + Send + Sync + 'static,
     {
         let Some(l2) = &self.shared.l2 else {
+            // Without Redis, a write-behind family's pending writes are in
+            // this process's queue.
+            if self.core.write_behind() {
+                let queue = self.shared.local_queue(self.name());
+                let max = self.policy().policy.max_value_size;
+                return keys
+                    .iter()
+                    .map(|k| {
+                        match queue
+                            .pending(k)
+                            .and_then(|b| codec::decode::<V>(&b, max).ok())
+                        {
+                            Some(d) => L2Answer::Hit {
+                                ttl: d.meta.remaining(),
+                                weight: d.payload_len,
+                                lookup: Lookup {
+                                    value: d.value.map(|v| Arc::new(v) as AnyValue),
+                                    source: Source::L2,
+                                },
+                            },
+                            None => L2Answer::Miss {
+                                tag_versions: Vec::new(),
+                            },
+                        }
+                    })
+                    .collect();
+            }
             return keys.iter().map(|_| L2Answer::Down).collect();
         };
         let mut probe = Vec::with_capacity(keys.len());

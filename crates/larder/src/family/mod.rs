@@ -179,7 +179,7 @@ where
         }
     }
 
-    fn ctx(&self) -> Ctx {
+    pub(crate) fn ctx(&self) -> Ctx {
         Ctx {
             shared: Arc::clone(&self.cache.shared),
             core: Arc::clone(&self.core),

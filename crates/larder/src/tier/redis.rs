@@ -149,6 +149,11 @@ impl RedisTier {
         &self.client
     }
 
+    /// The per-command timeout.
+    pub fn op_timeout(&self) -> Duration {
+        self.op_timeout
+    }
+
     /// Runs one command under the op timeout.
     pub async fn run<T: FromRedisValue>(&self, op: &'static str, cmd: &Cmd) -> Result<T, Error> {
         self.bounded(op, async { cmd.query_async::<T>(&mut self.conn()).await })
@@ -190,7 +195,6 @@ impl RedisTier {
     }
 
     /// Runs a script (by SHA, loading it if needed).
-    #[allow(dead_code)] // used by the write-behind queue
     pub async fn run_script<T: FromRedisValue>(
         &self,
         op: &'static str,
