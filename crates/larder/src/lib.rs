@@ -72,6 +72,17 @@ pub use cache::{BusStats, Cache, L1Usage};
 pub use error::{BoxError, Error, SourceError};
 pub use family::Family;
 pub use metrics::FamilyStats;
+/// A value as written to the database, with the version the database gave
+/// it (a row version, `updated_at` in microseconds: anything that increases
+/// with every write of the row). What a write-through's `persist` returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioned<V> {
+    /// The value as stored.
+    pub value: V,
+    /// Its version.
+    pub version: u64,
+}
+
 pub use policy::{
     Codec, DEFAULT_COMPRESS_ABOVE, DEFAULT_MAX_VALUE_SIZE, DEFAULT_NEGATIVE_TTL, Jitter, MAX_TAGS,
     Policies, Policy, Strategy, Ttl,

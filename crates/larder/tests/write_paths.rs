@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use larder::{Error, Policy};
+use larder::{Error, Policy, Versioned};
 use rand::seq::SliceRandom;
 use redis::AsyncCommands;
 use support::{Tiers, bounded, cache, cache_in, item_policy, raw};
@@ -31,13 +31,16 @@ async fn write_through_persists_first_and_caches_only_on_success() {
 
     let p = Arc::clone(&persisted);
     let out = items
-        .write_through(&1, 1, "v1".to_string(), async move {
+        .write_through(&1, async move {
             p.fetch_add(1, Ordering::SeqCst);
-            Ok::<_, WriteRefused>("row 1")
+            Ok::<_, WriteRefused>(Versioned {
+                value: "v1".to_string(),
+                version: 1,
+            })
         })
         .await
         .unwrap();
-    assert_eq!(out, "row 1", "write_through returns what persist returned");
+    assert_eq!(*out, "v1", "write_through returns what persist stored");
     assert_eq!(persisted.load(Ordering::SeqCst), 1);
     // Cached in L1 and in Redis (another process reads it from there).
     assert_eq!(read(&items, 1).await.as_deref(), Some("v1"));
@@ -48,9 +51,7 @@ async fn write_through_persists_first_and_caches_only_on_success() {
 
     // The database refuses: the cache keeps what it had.
     let result = items
-        .write_through(&1, 2, "v2".to_string(), async {
-            Err::<(), _>(WriteRefused)
-        })
+        .write_through(&1, async { Err::<Versioned<String>, _>(WriteRefused) })
         .await;
     match result {
         Err(Error::Persist(e)) => assert!(e.downcast_ref::<WriteRefused>().is_some()),
@@ -70,7 +71,12 @@ async fn a_failed_cache_update_after_the_write_deletes_the_key_and_still_succeed
     assert!(raw().await.exists::<_, bool>(&key).await.unwrap());
     // The new value is too large for the cache, but the database took it.
     let result = items
-        .write_through(&1, 5, "x".repeat(500), async { Ok::<_, WriteRefused>(()) })
+        .write_through(&1, async {
+            Ok::<_, WriteRefused>(Versioned {
+                value: "x".repeat(500),
+                version: 5,
+            })
+        })
         .await;
     assert!(result.is_ok(), "the write reached the database: {result:?}");
     assert!(
@@ -124,10 +130,13 @@ async fn racing_writers_leave_the_highest_version_every_time() {
             let family = families[i % 2].clone();
             tasks.push(tokio::spawn(async move {
                 family
-                    .write_through(&key, version, format!("v{version}"), async move {
+                    .write_through(&key, async move {
                         // The database commits in its own order.
                         tokio::task::yield_now().await;
-                        Ok::<_, WriteRefused>(())
+                        Ok::<_, WriteRefused>(Versioned {
+                            value: format!("v{version}"),
+                            version,
+                        })
                     })
                     .await
                     .unwrap();

@@ -1,15 +1,23 @@
 //! Wiring: settings → database → cache → router → server.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use anyhow::Context;
+use larder::write_behind::{WorkerHandle, Write};
 use larder::{Cache, Family, Policies};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
 use crate::db::Db;
 use crate::db::seed::{self, SeedPlan};
+use crate::http::error::ApiError;
 use crate::portfolio::Portfolio;
+use crate::price::Price;
+use crate::profile::Profile;
 use crate::settings::{ServeArgs, redact};
-use crate::{http, telemetry};
+use crate::watchlist::Watchlist;
+use crate::{feed, http, telemetry};
 
 /// The built-in cache policies (crates/trading/cache.toml).
 pub const DEFAULT_POLICIES: &str = include_str!("../cache.toml");
@@ -23,6 +31,12 @@ pub struct AppState {
     pub cache: Cache,
     /// `portfolio:{user_id}`, cache-aside.
     pub portfolios: Family<i64, Portfolio>,
+    /// `watchlist:{user_id}`, written behind.
+    pub watchlists: Family<i64, Watchlist>,
+    /// `user:{user_id}:profile`, deleted on write.
+    pub profiles: Family<i64, Profile>,
+    /// `stock:{symbol}:price`, written through.
+    pub prices: Family<String, Price>,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
 }
@@ -49,15 +63,79 @@ impl AppState {
             .build()
             .await
             .context("building the cache")?;
+        let family = |name: &str| format!("the cache policies must define a `{name}` family");
         let portfolios = cache
-            .family::<i64, Portfolio>("portfolio")
-            .context("the cache policies must define a `portfolio` family")?;
+            .family("portfolio")
+            .with_context(|| family("portfolio"))?;
+        let watchlists = cache
+            .family("watchlist")
+            .with_context(|| family("watchlist"))?;
+        let profiles = cache.family("profile").with_context(|| family("profile"))?;
+        let prices = cache
+            .family("stock_price")
+            .with_context(|| family("stock_price"))?;
         Ok(AppState {
             db,
             cache,
             portfolios,
+            watchlists,
+            profiles,
+            prices,
             metrics,
         })
+    }
+
+    /// A user's profile from the cache or the database; a 404 if the user
+    /// does not exist.
+    pub async fn profile(&self, id: i64) -> Result<Arc<Profile>, ApiError> {
+        let db = self.db.clone();
+        self.profiles
+            .get_or_load(&id, move || async move { db.profile(id).await })
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("user {id} not found")))
+    }
+}
+
+/// What runs beside the HTTP server: the write-behind worker and the price
+/// feed. Dropping it stops them abruptly; [`Background::shutdown`] drains.
+pub struct Background {
+    worker: WorkerHandle,
+    _feed: Option<feed::Feed>,
+}
+
+impl Background {
+    /// Starts the watchlist worker (one multi-row upsert per batch) and the
+    /// price feed.
+    pub fn start(state: &AppState, price_updates_per_sec: u32) -> Background {
+        let db = state.db.clone();
+        let worker = state
+            .cache
+            .write_behind_worker(
+                &state.watchlists,
+                move |batch: Vec<Write<i64, Watchlist>>| {
+                    let db = db.clone();
+                    async move { db.upsert_watchlists(&batch).await }
+                },
+            )
+            .start();
+        Background {
+            worker,
+            _feed: feed::spawn(state.clone(), price_updates_per_sec),
+        }
+    }
+
+    /// Stops the feed and drains the write-behind queue (bounded).
+    pub async fn shutdown(self, timeout: Duration) {
+        let report = self.worker.shutdown(timeout).await;
+        if report.drained {
+            tracing::info!(persisted = report.persisted, "write-behind queue drained");
+        } else {
+            tracing::warn!(
+                persisted = report.persisted,
+                left = report.left,
+                "write-behind queue not drained before shutdown; the rest stays queued (lost if not in Redis)"
+            );
+        }
     }
 }
 
@@ -90,6 +168,7 @@ pub async fn prepare(args: &ServeArgs) -> anyhow::Result<AppState> {
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let state = prepare(&args).await?;
     let upkeep = telemetry::spawn_upkeep(state.metrics.clone());
+    let background = Background::start(&state, args.price_updates_per_sec);
     let listener = TcpListener::bind(args.addr)
         .await
         .with_context(|| format!("cannot listen on {}", args.addr))?;
@@ -112,6 +191,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("server error")?;
+    background.shutdown(Duration::from_secs(10)).await;
     upkeep.abort();
     tracing::info!("shut down");
     Ok(())

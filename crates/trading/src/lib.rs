@@ -7,7 +7,11 @@
 
 pub mod app;
 pub mod db;
+pub mod feed;
 pub mod http;
 pub mod portfolio;
+pub mod price;
+pub mod profile;
 pub mod settings;
 pub mod telemetry;
+pub mod watchlist;

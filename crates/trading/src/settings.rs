@@ -95,6 +95,11 @@ pub struct ServeArgs {
     #[arg(long, env = "LARDER_REDIS_TIMEOUT", default_value = "100ms", value_parser = parse_duration)]
     pub redis_timeout: Duration,
 
+    /// Price updates per second from the simulated exchange feed, each
+    /// written through to the database and the cache (0: no feed).
+    #[arg(long, env = "LARDER_PRICE_UPDATES_PER_SEC", default_value_t = 20)]
+    pub price_updates_per_sec: u32,
+
     /// Longest a request may take before it is answered with 503.
     #[arg(long, env = "LARDER_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub request_timeout: Duration,

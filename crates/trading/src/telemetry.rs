@@ -16,9 +16,11 @@ const LATENCY_BUCKETS: &[f64] = &[
 pub fn init_logging() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // A second call (tests) keeps the first subscriber.
+    // Logs go to stderr; stdout carries only the line announcing the address.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_writer(std::io::stderr)
         .try_init();
 }
 

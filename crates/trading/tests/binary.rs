@@ -1,76 +1,203 @@
-//! The `trading` binary as the README runs it: embedded defaults, first-start
-//! seeding, a real TCP port, graceful shutdown on SIGTERM.
+//! The `trading` binary as it is deployed: embedded defaults, first-start
+//! seeding, real TCP ports, several instances sharing PostgreSQL and Redis,
+//! graceful shutdown on SIGTERM.
 
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::process::Command;
+use tokio::process::{Child, Command};
 
-/// One HTTP/1.1 request on a fresh connection; returns the raw response.
-async fn http_get(addr: &str, path: &str) -> String {
-    let mut stream = tokio::net::TcpStream::connect(addr)
+/// One running `trading` process.
+struct Service {
+    child: Child,
+    addr: String,
+    /// Kept open: the service's stdout must not become a broken pipe.
+    _stdout: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Service {
+    /// Starts the binary with `env` on a free port and waits until it prints
+    /// its address (it does once it listens).
+    async fn start(env: &[(&str, &str)]) -> Service {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_trading"));
+        cmd.args(["--addr", "127.0.0.1:0"])
+            .env_remove("DATABASE_URL")
+            .env_remove("REDIS_URL")
+            .env("LARDER_PRICE_UPDATES_PER_SEC", "0")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("trading binary runs");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let line = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                if line.contains("http://") {
+                    return line;
+                }
+            }
+            panic!("service exited without printing its address");
+        })
         .await
-        .expect("service accepts connections");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    response
+        .expect("service printed its address within 60 s");
+        let addr = line
+            .split("http://")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap()
+            .to_string();
+        Service {
+            child,
+            addr,
+            _stdout: lines,
+        }
+    }
+
+    /// One HTTP/1.1 request on a fresh connection; returns the raw response.
+    async fn request(&self, method: &str, path: &str, body: &str) -> String {
+        let mut stream = tokio::net::TcpStream::connect(&self.addr)
+            .await
+            .expect("service accepts connections");
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            self.addr,
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        response
+    }
+
+    async fn get(&self, path: &str) -> String {
+        self.request("GET", path, "").await
+    }
+
+    /// SIGTERM, then the exit status (bounded).
+    async fn stop(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().expect("child is running").to_string();
+        let status = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .unwrap();
+        assert!(status.success());
+        tokio::time::timeout(Duration::from_secs(15), self.child.wait())
+            .await
+            .expect("service stops within 15 s of SIGTERM")
+            .unwrap()
+    }
+}
+
+/// Polls `service` until `path` answers with `needle` in it, for at most
+/// five seconds: another process is changing what it serves.
+async fn until_served(service: &Service, path: &str, needle: &str) -> String {
+    let started = Instant::now();
+    loop {
+        let response = service.get(path).await;
+        if response.contains(needle) {
+            return response;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{path} never showed {needle}: {response}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]
 async fn the_binary_starts_on_embedded_defaults_serves_and_shuts_down_cleanly() {
     let db = std::env::temp_dir().join(format!("{}.db", testkit::namespace()));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_trading"))
-        .args(["--addr", "127.0.0.1:0"])
-        .env("LARDER_SQLITE_PATH", &db)
-        .env("LARDER_SEED_USERS", "50")
-        .env_remove("DATABASE_URL")
-        .env_remove("REDIS_URL")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("trading binary runs");
-    // The service prints its URL once it listens.
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if line.contains("http://") {
-                return line;
-            }
-        }
-        panic!("service exited without printing its address");
-    })
-    .await
-    .expect("service printed its address within 60 s");
-    let addr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap()
-        .to_string();
+    let db_path = db.display().to_string();
+    let service = Service::start(&[
+        ("LARDER_SQLITE_PATH", &db_path),
+        ("LARDER_SEED_USERS", "50"),
+    ])
+    .await;
 
-    let response = http_get(&addr, "/api/users/1/portfolio").await;
+    let response = service.get("/api/users/1/portfolio").await;
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.contains("\"total_market_value\":\""), "{response}");
-    let response = http_get(&addr, "/api/users/x/portfolio").await;
+    let response = service.get("/api/users/x/portfolio").await;
     assert!(response.starts_with("HTTP/1.1 400"), "{response}");
     assert!(response.contains("application/json"), "{response}");
+    let response = service
+        .request("PUT", "/api/users/2/watchlist", r#"{"symbols":["TCS"]}"#)
+        .await;
+    assert!(response.starts_with("HTTP/1.1 202"), "{response}");
 
-    let pid = child.id().expect("child is running").to_string();
-    let status = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .unwrap();
-    assert!(status.success());
-    let exit = tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .expect("service stops within 10 s of SIGTERM")
-        .unwrap();
+    let exit = service.stop().await;
     assert!(exit.success(), "graceful shutdown exits 0: {exit:?}");
+    // The queued watchlist write was drained into SQLite on the way out.
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{db_path}"))
+        .await
+        .unwrap();
+    let saved: Option<String> =
+        sqlx::query_scalar("SELECT symbols FROM watchlists WHERE user_id = 2")
+            .fetch_optional(&pool)
+            .await
+            .unwrap();
+    assert_eq!(saved.as_deref(), Some(r#"["TCS"]"#));
+    pool.close().await;
     for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+        let _ = std::fs::remove_file(format!("{db_path}{suffix}"));
     }
+}
+
+#[tokio::test]
+async fn two_instances_on_postgres_and_redis_see_each_others_writes() {
+    testkit::require_redis().await;
+    let db = testkit::TestDatabase::create().await;
+    let namespace = testkit::namespace();
+    let redis = testkit::redis_url();
+    let env = [
+        ("DATABASE_URL", db.url()),
+        ("REDIS_URL", redis.as_str()),
+        ("LARDER_NAMESPACE", namespace.as_str()),
+        ("LARDER_SEED_USERS", "50"),
+    ];
+    // The first seeds the database; the second finds it seeded.
+    let a = Service::start(&env).await;
+    let b = Service::start(&env).await;
+
+    // b caches user 3's profile and watchlist in its L1.
+    for _ in 0..2 {
+        assert!(
+            b.get("/api/users/3/profile")
+                .await
+                .starts_with("HTTP/1.1 200")
+        );
+        assert!(
+            b.get("/api/users/3/watchlist")
+                .await
+                .contains("\"symbols\":[]")
+        );
+    }
+    // a writes both.
+    let put = a
+        .request(
+            "PUT",
+            "/api/users/3/profile",
+            r#"{"name":"Written by A","email":"a3@example.com"}"#,
+        )
+        .await;
+    assert!(put.starts_with("HTTP/1.1 200"), "{put}");
+    let put = a
+        .request(
+            "PUT",
+            "/api/users/3/watchlist",
+            r#"{"symbols":["INFY","TCS"]}"#,
+        )
+        .await;
+    assert!(put.starts_with("HTTP/1.1 202"), "{put}");
+    // b serves the new values once the invalidations reach it.
+    until_served(&b, "/api/users/3/profile", "Written by A").await;
+    until_served(&b, "/api/users/3/watchlist", r#"["INFY","TCS"]"#).await;
+
+    assert!(a.stop().await.success());
+    assert!(b.stop().await.success());
 }

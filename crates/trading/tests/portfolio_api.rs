@@ -1,109 +1,20 @@
 //! `GET /api/users/{id}/portfolio` end to end, on SQLite (L1 only) and on
 //! PostgreSQL + Redis, each test on its own database and key namespace.
 
+mod support;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use rust_decimal::Decimal;
 use serde_json::Value;
+use support::{Setup, USERS, args, db_args, get, start};
 use tower::ServiceExt;
-use trading::app::{self, AppState};
+use trading::app::AppState;
 use trading::db::Db;
 use trading::http;
-use trading::settings::{DbArgs, ServeArgs};
-
-/// The database a test runs on, kept alive (and cleaned up) with the app.
-enum Backing {
-    Sqlite(PathBuf),
-    Postgres(#[allow(dead_code)] testkit::TestDatabase),
-}
-
-impl Drop for Backing {
-    fn drop(&mut self) {
-        if let Backing::Sqlite(path) = self {
-            for suffix in ["", "-wal", "-shm"] {
-                let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-            }
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Setup {
-    /// The embedded default: SQLite + L1.
-    Embedded,
-    /// PostgreSQL + L1 + Redis.
-    Production,
-}
-
-const USERS: u64 = 300;
-
-fn args(db: DbArgs, redis_url: Option<String>, no_cache: bool) -> ServeArgs {
-    ServeArgs {
-        db,
-        addr: "127.0.0.1:0".parse().unwrap(),
-        redis_url,
-        no_cache,
-        seed_users: USERS,
-        cache_config: None,
-        namespace: testkit::namespace(),
-        l1_max_bytes: 16 * 1024 * 1024,
-        redis_timeout: Duration::from_secs(1),
-        request_timeout: Duration::from_secs(10),
-    }
-}
-
-fn db_args(database_url: Option<String>, sqlite_path: PathBuf) -> DbArgs {
-    DbArgs {
-        database_url,
-        sqlite_path,
-        db_pool_size: 8,
-        db_timeout: Duration::from_secs(2),
-    }
-}
-
-async fn start(setup: Setup, no_cache: bool) -> (AppState, Router, Backing) {
-    let (args, backing) = match setup {
-        Setup::Embedded => {
-            let path = std::env::temp_dir().join(format!("{}.db", testkit::namespace()));
-            (
-                args(db_args(None, path.clone()), None, no_cache),
-                Backing::Sqlite(path),
-            )
-        }
-        Setup::Production => {
-            testkit::require_redis().await;
-            let db = testkit::TestDatabase::create().await;
-            let args = args(
-                db_args(Some(db.url().to_string()), PathBuf::new()),
-                Some(testkit::redis_url()),
-                no_cache,
-            );
-            (args, Backing::Postgres(db))
-        }
-    };
-    let state = app::prepare(&args).await.expect("service starts");
-    let router = http::router(state.clone(), args.request_timeout);
-    (state, router, backing)
-}
-
-async fn get(router: &Router, path: &str) -> (StatusCode, Value) {
-    let response = router
-        .clone()
-        .oneshot(Request::get(path).body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    let status = response.status();
-    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
-        .await
-        .unwrap();
-    let json = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|_| panic!("{path}: body is not JSON: {bytes:?}"));
-    (status, json)
-}
 
 fn dec(v: &Value) -> Decimal {
     v.as_str()

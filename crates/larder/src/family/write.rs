@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 
 use super::{Ctx, Family};
 use crate::Error;
+use crate::Versioned;
 use crate::bus::Event;
 use crate::codec::Meta;
 use crate::error::{BoxError, SourceError};
@@ -47,7 +48,12 @@ impl Ctx {
     /// Stores `value` in both tiers and tells the other processes. With a
     /// version, Redis keeps whichever version is higher; without, the value
     /// overwrites. Returns whether it was stored.
-    pub async fn write<V>(&self, key: String, value: V, version: Option<u64>) -> Result<bool, Error>
+    pub async fn write<V>(
+        &self,
+        key: String,
+        value: Arc<V>,
+        version: Option<u64>,
+    ) -> Result<bool, Error>
     where
         V: Serialize + Send + Sync + 'static,
     {
@@ -99,7 +105,7 @@ impl Ctx {
             }
         };
         if stored && !guard.is_void() {
-            self.l1_put(key, Some(Arc::new(value)), encoded.payload_len, ttl);
+            self.l1_put(key, Some(value), encoded.payload_len, ttl);
         } else {
             // Redis holds a newer version, or a newer write or invalidation
             // came in meanwhile: ours must not linger in L1.
@@ -151,7 +157,10 @@ where
             return Ok(());
         }
         let key = self.key(key)?;
-        self.ctx().write(key, value, None).await.map(|_| ())
+        self.ctx()
+            .write(key, Arc::new(value), None)
+            .await
+            .map(|_| ())
     }
 
     /// Stores `value` as version `version` of `key`, unless a higher version
@@ -167,11 +176,12 @@ where
             return Ok(false);
         }
         let key = self.key(key)?;
-        self.ctx().write(key, value, Some(version)).await
+        self.ctx().write(key, Arc::new(value), Some(version)).await
     }
 
     /// Write-through: runs `persist` (the database write) first, and only if
-    /// it succeeds stores `value` as version `version` in both tiers.
+    /// it succeeds stores what it returns (the value as written, with its
+    /// version) in both tiers. Returns that value.
     ///
     /// - `persist` fails → the cache is untouched and [`Error::Persist`]
     ///   carries its error.
@@ -179,55 +189,56 @@ where
     ///   deleted instead (never left holding the old value), and the call
     ///   still succeeds: the database has the write, and the next read
     ///   loads it.
+    /// - two writers race → Redis keeps the higher version, whatever order
+    ///   their cache updates arrive in.
     ///
-    /// Returns what `persist` returned.
+    /// The version usually comes from the database (`RETURNING version`), so
+    /// `persist` returns it with the value.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), larder::Error> {
-    /// # use larder::{Cache, Policy};
+    /// # use larder::{Cache, Policy, Versioned};
     /// # use std::time::Duration;
     /// # let cache = Cache::builder()
     /// #     .family(Policy::new("price", "stock:{symbol}:price").ttl(Duration::from_secs(2)))
     /// #     .build().await?;
     /// let prices = cache.family::<String, String>("price")?;
-    /// let symbol = "RELIANCE".to_string();
-    /// let version = prices
-    ///     .write_through(&symbol, 8, "2431.55".to_string(), async {
-    ///         // UPDATE instruments SET last_price = $1, version = version + 1 ... RETURNING version
-    ///         Ok::<_, std::io::Error>(8u64)
+    /// let stored = prices
+    ///     .write_through(&"RELIANCE".to_string(), async {
+    ///         // UPDATE instruments SET last_price = $2, version = version + 1
+    ///         //  WHERE symbol = $1 RETURNING last_price, version
+    ///         Ok::<_, std::io::Error>(Versioned { value: "2431.55".to_string(), version: 8 })
     ///     })
     ///     .await?;
-    /// assert_eq!(version, 8);
+    /// assert_eq!(*stored, "2431.55");
     /// # Ok(()) }
     /// ```
-    pub async fn write_through<R, E, Fut>(
-        &self,
-        key: &K,
-        version: u64,
-        value: V,
-        persist: Fut,
-    ) -> Result<R, Error>
+    pub async fn write_through<E, Fut>(&self, key: &K, persist: Fut) -> Result<Arc<V>, Error>
     where
-        Fut: Future<Output = Result<R, E>>,
+        Fut: Future<Output = Result<Versioned<V>, E>>,
         E: Into<BoxError>,
     {
         let key = self.key(key)?;
-        let persisted = persist
+        let written = persist
             .await
             .map_err(|e| Error::Persist(SourceError::new(e)))?;
+        let value = Arc::new(written.value);
         if !self.cache.shared.enabled {
-            return Ok(persisted);
+            return Ok(value);
         }
         let ctx = self.ctx();
-        if let Err(e) = ctx.write(key.clone(), value, Some(version)).await {
+        if let Err(e) = ctx
+            .write(key.clone(), Arc::clone(&value), Some(written.version))
+            .await
+        {
             tracing::warn!(family = %self.name(), error = %e, "write-through: cache update failed after the database write; deleting the key");
             if let Err(e) = ctx.invalidate_key(&key).await {
                 // Redis is unreachable: its copy (if any) ages out by TTL.
                 tracing::warn!(family = %self.name(), error = %e, "write-through: could not delete the key either");
             }
         }
-        Ok(persisted)
+        Ok(value)
     }
 
     /// Deletes `key` from Redis and from L1, and tells every other process to

@@ -5,12 +5,15 @@
 //! Every query counts itself in `trading_db_queries_total{query}`: the
 //! bench's "database queries/s" comes from there, not from a guess.
 
+mod portfolio;
+mod price;
+mod profile;
 pub mod seed;
+mod watchlist;
 
 use std::borrow::Cow;
 use std::str::FromStr;
 
-use rust_decimal::Decimal;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
@@ -18,7 +21,6 @@ use sqlx::sqlite::{
 };
 use sqlx::{ConnectOptions, SqlSafeStr};
 
-use crate::portfolio::{Holding, Portfolio};
 use crate::settings::{DbArgs, redact};
 
 /// A database failure, as the HTTP layer needs to tell them apart.
@@ -28,9 +30,16 @@ pub enum DbError {
     /// database is down or overloaded. Answered with 503.
     #[error("database unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),
+    /// A unique constraint refused the write (e.g. an email already in
+    /// use). Answered with 409.
+    #[error("conflicts with existing data")]
+    Conflict(#[source] sqlx::Error),
     /// Anything else (a bad query, a constraint): a bug. Answered with 500.
     #[error("database error: {0}")]
     Query(#[source] sqlx::Error),
+    /// The row to change does not exist.
+    #[error("not found")]
+    NotFound,
     /// Setting the database up failed.
     #[error("{0}")]
     Setup(String),
@@ -44,12 +53,33 @@ impl From<sqlx::Error> for DbError {
             | sqlx::Error::Io(_)
             | sqlx::Error::Tls(_)
             | sqlx::Error::WorkerCrashed => DbError::Unavailable(e),
+            // SQLite reports a plain SQLITE_CONSTRAINT (19) unless extended
+            // codes are on: recognise its message too.
+            sqlx::Error::Database(db)
+                if db.is_unique_violation()
+                    || db.message().starts_with("UNIQUE constraint failed") =>
+            {
+                DbError::Conflict(e)
+            }
             // PostgreSQL's "query_canceled" (statement_timeout), "admin
-            // shutdown", "cannot connect now" and the like.
+            // shutdown", "cannot connect now", "too many connections",
+            // serialization failures and deadlocks: retry later.
+            sqlx::Error::Database(db)
+                if db.code().is_some_and(|c| {
+                    ["57", "08", "53", "40"]
+                        .iter()
+                        .any(|class| c.len() == 5 && c.starts_with(class))
+                }) =>
+            {
+                DbError::Unavailable(e)
+            }
+            // SQLite: the database is busy or locked (SQLITE_BUSY 5,
+            // SQLITE_LOCKED 6, and their extended codes).
             sqlx::Error::Database(db)
                 if db
                     .code()
-                    .is_some_and(|c| c.starts_with("57") || c.starts_with("08")) =>
+                    .and_then(|c| c.parse::<i32>().ok())
+                    .is_some_and(|c| c & 0xff == 5 || c & 0xff == 6) =>
             {
                 DbError::Unavailable(e)
             }
@@ -66,10 +96,6 @@ impl DbError {
     }
 }
 
-/// One row of the portfolio query: symbol, qty, last price, market value and
-/// the user's total, in the backend's money type (NUMERIC, or cents).
-type PortfolioRow<M> = (Option<String>, Option<i64>, Option<M>, Option<M>, Option<M>);
-
 /// A connection pool to one of the two databases. Cheap to clone.
 #[derive(Clone, Debug)]
 pub enum Db {
@@ -79,7 +105,7 @@ pub enum Db {
     Sqlite(SqlitePool),
 }
 
-fn count(query: &'static str) {
+pub(crate) fn count(query: &'static str) {
     metrics::counter!("trading_db_queries_total", "query" => query).increment(1);
 }
 
@@ -93,16 +119,23 @@ impl Db {
                     .map_err(|e| {
                         DbError::Setup(format!("invalid DATABASE_URL {}: {e}", redact(url)))
                     })?
-                    .options([(
-                        "statement_timeout",
-                        format!("{}", args.db_timeout.as_millis()),
-                    )])
                     // Anything slower than this was cancelled by the timeout
-                    // above anyway; bulk seeding is not worth a warning.
+                    // below anyway; bulk seeding is not worth a warning.
                     .log_slow_statements(log::LevelFilter::Warn, std::time::Duration::from_secs(5));
+                // The statement timeout is set per connection with SET rather
+                // than as a startup parameter, which poolers such as PgBouncer
+                // in transaction mode refuse.
+                let set_timeout =
+                    format!("SET statement_timeout = {}", args.db_timeout.as_millis());
                 let pool = PgPoolOptions::new()
                     .max_connections(args.db_pool_size)
                     .acquire_timeout(args.db_timeout)
+                    .after_connect(move |conn, _meta| {
+                        let sql = sqlx::AssertSqlSafe(set_timeout.clone());
+                        Box::pin(
+                            async move { sqlx::Executor::execute(conn, sql).await.map(|_| ()) },
+                        )
+                    })
                     .connect_with(options)
                     .await
                     .map_err(|e| {
@@ -199,79 +232,29 @@ impl Db {
         }
         Ok(())
     }
-
-    /// A user's holdings with each instrument's last price; market values and
-    /// the total computed by the database. `None` if the user does not exist.
-    pub async fn portfolio(&self, user_id: i64) -> Result<Option<Portfolio>, DbError> {
-        count("portfolio");
-        // One row per holding, with the total over all rows alongside. A user
-        // without holdings gives one row of NULLs; an unknown user none.
-        let rows: Vec<PortfolioRow<Decimal>> = match self {
-            Db::Postgres(pool) => {
-                sqlx::query_as(
-                    "SELECT i.symbol, h.qty, i.last_price,
-                            h.qty * i.last_price AS market_value,
-                            SUM(h.qty * i.last_price) OVER () AS total
-                       FROM users u
-                       LEFT JOIN holdings h ON h.user_id = u.id
-                       LEFT JOIN instruments i ON i.id = h.instrument_id
-                      WHERE u.id = $1
-                      ORDER BY i.symbol",
-                )
-                .bind(user_id)
-                .fetch_all(pool)
-                .await?
-            }
-            Db::Sqlite(pool) => {
-                let rows: Vec<PortfolioRow<i64>> = sqlx::query_as(
-                    "SELECT i.symbol, h.qty, i.last_price_cents,
-                            h.qty * i.last_price_cents AS market_value_cents,
-                            SUM(h.qty * i.last_price_cents) OVER () AS total_cents
-                       FROM users u
-                       LEFT JOIN holdings h ON h.user_id = u.id
-                       LEFT JOIN instruments i ON i.id = h.instrument_id
-                      WHERE u.id = ?1
-                      ORDER BY i.symbol",
-                )
-                .bind(user_id)
-                .fetch_all(pool)
-                .await?;
-                let cents = |c: Option<i64>| c.map(|c| Decimal::new(c, 2));
-                rows.into_iter()
-                    .map(|(s, q, p, m, t)| (s, q, cents(p), cents(m), cents(t)))
-                    .collect()
-            }
-        };
-        if rows.is_empty() {
-            return Ok(None);
-        }
-        let total = rows.first().and_then(|r| r.4).unwrap_or(Decimal::new(0, 2));
-        let holdings = rows
-            .into_iter()
-            .filter_map(|(symbol, qty, last_price, market_value, _)| {
-                Some(Holding {
-                    symbol: symbol?,
-                    qty: qty?,
-                    last_price: last_price?,
-                    market_value: market_value?,
-                })
-            })
-            .collect();
-        Ok(Some(Portfolio {
-            user_id,
-            holdings,
-            total_market_value: total,
-        }))
-    }
 }
 
-const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "portfolio",
-    include_str!("../../migrations/postgres/0001_portfolio.sql"),
-)];
-const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "portfolio",
-    include_str!("../../migrations/sqlite/0001_portfolio.sql"),
-)];
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "portfolio",
+        include_str!("../../migrations/postgres/0001_portfolio.sql"),
+    ),
+    (
+        2,
+        "writes",
+        include_str!("../../migrations/postgres/0002_writes.sql"),
+    ),
+];
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "portfolio",
+        include_str!("../../migrations/sqlite/0001_portfolio.sql"),
+    ),
+    (
+        2,
+        "writes",
+        include_str!("../../migrations/sqlite/0002_writes.sql"),
+    ),
+];

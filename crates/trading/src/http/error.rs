@@ -20,6 +20,12 @@ pub enum ApiError {
     /// The resource does not exist (404).
     #[error("{0}")]
     NotFound(String),
+    /// The write conflicts with existing data (409).
+    #[error("{0}")]
+    Conflict(String),
+    /// The request body is over the limit (413).
+    #[error("request body too large")]
+    PayloadTooLarge,
     /// A dependency (the database) is down or too slow: retry later (503).
     #[error("service temporarily unavailable")]
     Unavailable(#[source] anyhow::Error),
@@ -33,6 +39,8 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -57,10 +65,10 @@ impl IntoResponse for ApiError {
 
 impl From<DbError> for ApiError {
     fn from(e: DbError) -> Self {
-        if e.is_unavailable() {
-            ApiError::Unavailable(e.into())
-        } else {
-            ApiError::Internal(e.into())
+        match e {
+            DbError::Conflict(_) => ApiError::Conflict("conflicts with existing data".into()),
+            e if e.is_unavailable() => ApiError::Unavailable(e.into()),
+            e => ApiError::Internal(e.into()),
         }
     }
 }
@@ -69,10 +77,18 @@ impl From<larder::Error> for ApiError {
     fn from(e: larder::Error) -> Self {
         match e {
             // The loader is a database query: classify its error.
-            larder::Error::Loader(inner) => match inner.downcast_ref::<DbError>() {
+            larder::Error::Loader(inner) | larder::Error::Persist(inner) => match inner
+                .downcast_ref::<DbError>()
+            {
+                Some(DbError::Conflict(_)) => {
+                    ApiError::Conflict("conflicts with existing data".into())
+                }
                 Some(db) if db.is_unavailable() => ApiError::Unavailable(anyhow::Error::new(inner)),
                 _ => ApiError::Internal(anyhow::Error::new(inner)),
             },
+            // Only writes report Redis failures (reads fall back): a write
+            // that needs Redis cannot be taken now.
+            e @ larder::Error::Redis { .. } => ApiError::Unavailable(e.into()),
             other => ApiError::Internal(other.into()),
         }
     }

@@ -4,16 +4,18 @@ pub mod error;
 pub mod extract;
 mod ops;
 mod portfolio;
+mod price;
+mod profile;
+mod watchlist;
 
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{MatchedPath, Request};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::app::AppState;
@@ -26,17 +28,22 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 pub fn router(state: AppState, request_timeout: Duration) -> Router {
     Router::new()
         .merge(portfolio::routes())
+        .merge(watchlist::routes())
+        .merge(profile::routes())
+        .merge(price::routes())
         .merge(ops::routes())
         .fallback(ops::not_found)
-        .layer(middleware::from_fn(track))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             request_timeout,
         ))
-        .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
+        // Enforced by the body extractors, so an oversize body is a JSON 413.
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
         }))
+        // Outermost, so that timeouts and panics are counted too.
+        .layer(middleware::from_fn(track))
         .with_state(state)
 }
 

@@ -1,0 +1,96 @@
+//! Price queries: read on a cache miss, written through by the price feed.
+
+use rust_decimal::Decimal;
+
+use super::{Db, DbError, count};
+use crate::price::Price;
+
+impl Db {
+    /// The last price of `symbol`; `None` if no such instrument.
+    pub async fn price(&self, symbol: &str) -> Result<Option<Price>, DbError> {
+        count("price");
+        Ok(match self {
+            Db::Postgres(pool) => sqlx::query_as::<_, (Decimal, i64)>(
+                "SELECT last_price, version FROM instruments WHERE symbol = $1",
+            )
+            .bind(symbol)
+            .fetch_optional(pool)
+            .await?
+            .map(|(price, version)| Price {
+                symbol: symbol.to_string(),
+                price,
+                version: version as u64,
+            }),
+            Db::Sqlite(pool) => sqlx::query_as::<_, (i64, i64)>(
+                "SELECT last_price_cents, version FROM instruments WHERE symbol = ?1",
+            )
+            .bind(symbol)
+            .fetch_optional(pool)
+            .await?
+            .map(|(cents, version)| Price {
+                symbol: symbol.to_string(),
+                price: Decimal::new(cents, 2),
+                version: version as u64,
+            }),
+        })
+    }
+
+    /// Sets the last price of `symbol` and bumps its version; returns the
+    /// row as stored, `None` if no such instrument.
+    pub async fn update_price(
+        &self,
+        symbol: &str,
+        price: Decimal,
+    ) -> Result<Option<Price>, DbError> {
+        count("update_price");
+        let version: Option<i64> = match self {
+            Db::Postgres(pool) => {
+                sqlx::query_scalar(
+                    "UPDATE instruments SET last_price = $2, version = version + 1, price_updated_at = now()
+                      WHERE symbol = $1 RETURNING version",
+                )
+                .bind(symbol)
+                .bind(price)
+                .fetch_optional(pool)
+                .await?
+            }
+            Db::Sqlite(pool) => {
+                let cents = (price * Decimal::from(100)).round().try_into().unwrap_or(i64::MAX);
+                sqlx::query_scalar(
+                    "UPDATE instruments SET last_price_cents = ?2, version = version + 1,
+                            price_updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+                      WHERE symbol = ?1 RETURNING version",
+                )
+                .bind(symbol)
+                .bind(cents)
+                .fetch_optional(pool)
+                .await?
+            }
+        };
+        Ok(version.map(|v| Price {
+            symbol: symbol.to_string(),
+            price: price.round_dp(2),
+            version: v as u64,
+        }))
+    }
+
+    /// Every instrument's symbol and price (the price feed's universe).
+    pub async fn instruments(&self) -> Result<Vec<(String, Decimal)>, DbError> {
+        count("instruments");
+        Ok(match self {
+            Db::Postgres(pool) => {
+                sqlx::query_as("SELECT symbol, last_price FROM instruments ORDER BY id")
+                    .fetch_all(pool)
+                    .await?
+            }
+            Db::Sqlite(pool) => sqlx::query_as::<_, (String, i64)>(
+                "SELECT symbol, last_price_cents FROM instruments ORDER BY id",
+            )
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .map(|(s, c)| (s, Decimal::new(c, 2)))
+            .collect(),
+        })
+    }
+}

@@ -1,0 +1,51 @@
+//! `GET/PUT /api/users/{id}/profile`: cache-aside, one hour; a write deletes
+//! the cached profile and invalidates everything tagged with the user.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+
+use super::error::ApiError;
+use super::extract::{JsonBody, UserId};
+use crate::app::AppState;
+use crate::profile::{Profile, ProfileUpdate};
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/api/users/{id}/profile", get(profile).put(update))
+}
+
+/// The user's profile, from the cache or the database.
+async fn profile(
+    State(app): State<AppState>,
+    UserId(id): UserId,
+) -> Result<Json<Arc<Profile>>, ApiError> {
+    app.profile(id).await.map(Json)
+}
+
+/// Writes the database, then deletes the cached profile and bumps the
+/// user's tag, so that every process drops its portfolio, watchlist and
+/// profile copies (the article's "delete on write" and pattern
+/// invalidation, without the pattern).
+async fn update(
+    State(app): State<AppState>,
+    UserId(id): UserId,
+    JsonBody(body): JsonBody<ProfileUpdate>,
+) -> Result<Json<Profile>, ApiError> {
+    body.validate().map_err(ApiError::BadRequest)?;
+    let updated = app
+        .db
+        .update_profile(id, &body)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("user {id} not found")))?;
+    // The database has the write; a cache that cannot be told keeps its copy
+    // until the TTL, which is logged rather than failing the request.
+    if let Err(e) = app.profiles.invalidate(&id).await {
+        tracing::warn!(user = id, error = %e, "profile updated, but its cached copy could not be deleted");
+    }
+    if let Err(e) = app.cache.invalidate_tag("user:{user_id}", &id).await {
+        tracing::warn!(user = id, error = %e, "profile updated, but the user's cached data could not be invalidated");
+    }
+    Ok(Json(updated))
+}
