@@ -23,7 +23,10 @@ pub async fn demo_db(n: i64) -> anyhow::Result<SqlitePool> {
         .max_connections(1)
         .connect("sqlite::memory:")
         .await?;
-    sqlx::query("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT NOT NULL, total_cents INTEGER NOT NULL)")
+    sqlx::query(
+        "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT NOT NULL, total_cents INTEGER NOT NULL,
+                             version INTEGER NOT NULL DEFAULT 0)",
+    )
         .execute(&db)
         .await?;
     for id in 1..=n {

@@ -1,11 +1,13 @@
 //! `bench`: drives larder's reference service (or any compatible URL) and
 //! prints the article's before/after table.
 
+mod bus;
 mod load;
 mod portfolio;
 mod report;
 mod scrape;
 mod service;
+mod write_behind;
 
 use clap::{Parser, Subcommand};
 
@@ -25,11 +27,19 @@ enum Scenario {
     /// Cache-aside before/after: GET /api/users/{id}/portfolio with the
     /// cache off, then on, at the same offered load.
     Portfolio(portfolio::PortfolioArgs),
+    /// Write-behind: writes/s into the queue, rows/s into PostgreSQL with
+    /// batching and one row at a time.
+    WriteBehind(write_behind::WriteBehindArgs),
+    /// Invalidation bus: time from `invalidate` in one process to the L1
+    /// drop in another.
+    Bus(bus::BusArgs),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().scenario {
         Scenario::Portfolio(args) => portfolio::run(args).await,
+        Scenario::WriteBehind(args) => write_behind::run(args).await,
+        Scenario::Bus(args) => bus::run(args).await,
     }
 }
