@@ -47,7 +47,7 @@ pub struct LoadPlan {
 
 /// What a phase measured.
 pub struct LoadResult {
-    /// Latencies in microseconds (successful responses only).
+    /// Latencies in microseconds, of every request (failures included).
     pub latency_us: Histogram<u64>,
     /// Responses with status 2xx or 404 (a valid answer for unknown ids).
     pub ok: u64,
@@ -144,11 +144,12 @@ pub async fn run(plan: &LoadPlan) -> anyhow::Result<LoadResult> {
                     plan.base_url,
                     plan.path.replace("{id}", &id.to_string())
                 );
-                match get(&client, &uri).await {
-                    Ok(status) if (200..300).contains(&status) || status == 404 => {
-                        ok += 1;
-                        let _ = hist.record(due.elapsed().as_micros().max(1) as u64);
-                    }
+                let result = get(&client, &uri).await;
+                // Failures are timed too: a slow 503 must not make a run
+                // look faster by dropping out of the percentiles.
+                let _ = hist.record(due.elapsed().as_micros().max(1) as u64);
+                match result {
+                    Ok(status) if (200..300).contains(&status) || status == 404 => ok += 1,
                     _ => errors += 1,
                 }
                 done.fetch_add(1, Ordering::Relaxed);
@@ -190,13 +191,21 @@ pub async fn run(plan: &LoadPlan) -> anyhow::Result<LoadResult> {
     })
 }
 
+/// A request that has not finished after this long counts as an error, so
+/// that a hung server cannot stall a run.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
 async fn get(client: &HttpClient, uri: &str) -> anyhow::Result<u16> {
     let uri: hyper::Uri = uri.parse()?;
-    let response = client.get(uri).await?;
-    let status = response.status().as_u16();
-    // Read the whole body: a response is done when its last byte arrives.
-    response.into_body().collect().await?;
-    Ok(status)
+    tokio::time::timeout(REQUEST_TIMEOUT, async {
+        let response = client.get(uri).await?;
+        let status = response.status().as_u16();
+        // Read the whole body: a response is done when its last byte arrives.
+        response.into_body().collect().await?;
+        Ok::<_, anyhow::Error>(status)
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("no answer within {REQUEST_TIMEOUT:?}"))?
 }
 
 fn progress(plan: &LoadPlan) -> ProgressBar {

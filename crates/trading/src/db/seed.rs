@@ -171,6 +171,18 @@ pub async fn seed(db: &Db, plan: SeedPlan) -> Result<(), DbError> {
             sqlx::query("SET LOCAL statement_timeout = 0")
                 .execute(&mut *tx)
                 .await?;
+            // Replicas starting together on an empty database: one seeds,
+            // the others wait here and then find it seeded.
+            sqlx::query("SELECT pg_advisory_xact_lock(4242)")
+                .execute(&mut *tx)
+                .await?;
+            let seeded: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users)")
+                .fetch_one(&mut *tx)
+                .await?;
+            if seeded {
+                pb.finish_and_clear();
+                return Ok(());
+            }
             for chunk in instruments.chunks(CHUNK / 2) {
                 let mut q =
                     QueryBuilder::new("INSERT INTO instruments (id, symbol, name, last_price) ");
