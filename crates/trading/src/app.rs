@@ -197,6 +197,24 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs the write-behind worker alone until Ctrl-C or SIGTERM, then drains.
+pub async fn worker_command(args: ServeArgs) -> anyhow::Result<()> {
+    if args.redis_url.is_none() {
+        anyhow::bail!(
+            "a worker of its own needs REDIS_URL: without Redis the queue lives inside the serving process"
+        );
+    }
+    let db = Db::connect(&args.db).await?;
+    db.migrate().await?;
+    let state = AppState::new(&args, db).await?;
+    let background = Background::start(&state, 0);
+    tracing::info!("write-behind worker running; Ctrl-C or SIGTERM drains and stops it");
+    println!("larder write-behind worker running (watchlists)");
+    shutdown_signal().await;
+    background.shutdown(Duration::from_secs(30)).await;
+    Ok(())
+}
+
 /// Resolves on Ctrl-C or SIGTERM.
 async fn shutdown_signal() {
     let ctrl_c = async {

@@ -12,5 +12,6 @@ async fn main() -> anyhow::Result<()> {
         None => app::serve(cli.serve).await,
         Some(Command::Serve(args)) => app::serve(args).await,
         Some(Command::Seed(args)) => app::seed_command(args).await,
+        Some(Command::Worker(args)) => app::worker_command(args).await,
     }
 }

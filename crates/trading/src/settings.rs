@@ -28,6 +28,10 @@ pub enum Command {
     Serve(ServeArgs),
     /// Fill the database with generated users, instruments and holdings.
     Seed(SeedArgs),
+    /// Run only the write-behind worker (no HTTP): persist queued
+    /// watchlist writes from Redis until Ctrl-C/SIGTERM, then drain. Run as
+    /// many as you like, on any machine that reaches Redis and the database.
+    Worker(ServeArgs),
 }
 
 /// Where the data lives.
