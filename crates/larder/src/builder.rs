@@ -9,6 +9,7 @@ use crate::bus::{self, ListenerSettings, Publisher};
 use crate::cache::{Cache, Families, Shared};
 use crate::flight::Flights;
 use crate::key::validate_namespace;
+use crate::notify::{self, Waiters};
 use crate::policy::{Policies, Policy};
 use crate::tier::memory::MemoryTier;
 use crate::tier::redis::{RedisSettings, RedisTier};
@@ -255,6 +256,30 @@ impl CacheBuilder {
             .as_ref()
             .map(|_| Publisher::new(&self.namespace, self.bus_max_len));
         let flights = Arc::new(Flights::default());
+        let fill_channel = format!("{}:fills", self.namespace);
+        let fill_waiters = Arc::new(Waiters::default());
+        let fill_subscription = match &l2 {
+            Some(l2) => {
+                let (subscription, subscribed) = notify::subscribe(
+                    l2.client().clone(),
+                    fill_channel.clone(),
+                    Arc::clone(&fill_waiters),
+                    self.redis_connect_timeout,
+                );
+                // Not fatal: until it is in place, lease waits end at their
+                // deadline instead of at the fill.
+                if !matches!(
+                    tokio::time::timeout(self.redis_connect_timeout, subscribed).await,
+                    Ok(Ok(()))
+                ) {
+                    tracing::warn!(
+                        "fill notifications not subscribed yet; lease waits may run to their deadline"
+                    );
+                }
+                Some(subscription)
+            }
+            None => None,
+        };
         let families: Arc<Families> = Arc::new(Mutex::new(HashMap::new()));
         let listener = match (&l2, &l1, &bus) {
             (Some(l2), Some(l1), Some(bus)) if self.bus => Some(bus::spawn(ListenerSettings {
@@ -283,6 +308,9 @@ impl CacheBuilder {
                 bus,
                 listener,
                 local_queues: Mutex::new(HashMap::new()),
+                fill_channel,
+                fill_waiters,
+                _fill_subscription: fill_subscription,
             }),
         })
     }

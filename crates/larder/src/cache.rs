@@ -15,6 +15,7 @@ use crate::bus::{Event, Listener, Publisher};
 use crate::family::{Family, FamilyCore};
 use crate::flight::Flights;
 use crate::key::{KeyParts, KeyTemplate, tag_key};
+use crate::notify::{Subscription, Waiters};
 use crate::policy::CompiledPolicy;
 use crate::tier::memory::MemoryTier;
 use crate::tier::redis::RedisTier;
@@ -101,6 +102,13 @@ pub(crate) struct Shared {
     pub listener: Option<Listener>,
     /// Write-behind queues without Redis, by family.
     pub local_queues: Mutex<HashMap<String, Arc<MemoryQueue>>>,
+    /// Where lease holders announce their fills (`<ns>:fills`).
+    pub fill_channel: String,
+    /// This process's waiters for other processes' fills.
+    pub fill_waiters: Arc<Waiters>,
+    /// The subscription that wakes them (with Redis); held only to be
+    /// dropped with the cache, which stops it.
+    pub _fill_subscription: Option<Subscription>,
 }
 
 impl Shared {

@@ -7,7 +7,7 @@
 //!                      bits 1-0 format: 0 MessagePack, 1 JSON
 //! bytes 1-8    fresh_until: unix time in ms (u64 LE) when the entry stops
 //!              being fresh; u64::MAX for ttl = "never"
-//! bytes 9-12   load_ms: how long the loader took (u32 LE), for early refresh
+//! bytes 9-12   load_us: how long the loader took, in µs (u32 LE), for early refresh
 //! bytes 13-20  version (u64 *big*-endian, 0 = none): the writer's row version;
 //!              big-endian so that the compare-and-set script in Redis can
 //!              order two versions byte by byte
@@ -37,7 +37,7 @@ const LZ4: u8 = 0b0100;
 const FORMAT_MASK: u8 = 0b0011;
 const FORMAT_MSGPACK: u8 = 0;
 const FORMAT_JSON: u8 = 1;
-/// Header byte, fresh_until, load_ms, version, tag count: the fixed part.
+/// Header byte, fresh_until, load_us, version, tag count: the fixed part.
 pub(crate) const HEADER_LEN: usize = 1 + 8 + 4 + 8 + 1;
 /// Where the big-endian version sits (the CAS script reads it there).
 pub(crate) const VERSION_OFFSET: usize = 13;
@@ -71,8 +71,8 @@ pub(crate) enum EncodeError {
 pub(crate) struct Meta {
     /// Unix ms when the entry stops being fresh (`u64::MAX`: never).
     pub fresh_until_ms: u64,
-    /// How long the load took, in ms.
-    pub load_ms: u32,
+    /// How long the load took, in microseconds.
+    pub load_us: u32,
     /// The writer's version of the value (0: none).
     pub version: u64,
     /// Versions of the family's tags when the value was loaded.
@@ -88,7 +88,7 @@ impl Meta {
         };
         Meta {
             fresh_until_ms,
-            load_ms: load_time.as_millis().min(u32::MAX as u128) as u32,
+            load_us: load_time.as_micros().min(u32::MAX as u128) as u32,
             version: 0,
             tags: Vec::new(),
         }
@@ -149,7 +149,7 @@ fn header(negative: bool, lz4: bool, format: u8) -> u8 {
 fn put_meta(out: &mut Vec<u8>, h: u8, meta: &Meta) {
     out.push(h);
     out.extend_from_slice(&meta.fresh_until_ms.to_le_bytes());
-    out.extend_from_slice(&meta.load_ms.to_le_bytes());
+    out.extend_from_slice(&meta.load_us.to_le_bytes());
     out.extend_from_slice(&meta.version.to_be_bytes());
     // A family has a handful of tags; more than 255 is refused by the policy.
     out.push(meta.tags.len().min(255) as u8);
@@ -249,7 +249,7 @@ pub(crate) fn decode<T: DeserializeOwned>(
     }
     let meta = Meta {
         fresh_until_ms: u64_le(1),
-        load_ms: u32::from_le_bytes(load),
+        load_us: u32::from_le_bytes(load),
         version: u64::from_be_bytes(version),
         tags: (0..ntags).map(|i| u64_le(HEADER_LEN + 8 * i)).collect(),
     };
@@ -371,7 +371,7 @@ mod tests {
                     .bytes;
                 let d: Decoded<V1> = decode(&bytes, 1 << 20).unwrap();
                 assert_eq!(d.value.unwrap(), v);
-                assert_eq!(d.meta.load_ms, 12);
+                assert_eq!(d.meta.load_us, 12_000);
             }
         }
         let small = encode(&v, Codec::MessagePack, 1024, 1 << 20, &meta())

@@ -123,6 +123,16 @@ pub enum Error {
     #[error("internal error: {0}")]
     Internal(&'static str),
 
+    /// The load took longer than the family's `hard_timeout`. It goes on in
+    /// the background and fills the cache for the next caller.
+    #[error("load of family `{family}` timed out after {after:?}")]
+    Timeout {
+        /// The family.
+        family: String,
+        /// The hard timeout.
+        after: std::time::Duration,
+    },
+
     /// The loader panicked. The panic is contained in the load task; callers get
     /// this error and the next call retries.
     #[error("loader panicked")]

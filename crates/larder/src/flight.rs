@@ -27,6 +27,15 @@ use futures_util::future::{BoxFuture, Shared, WeakShared};
 use crate::Error;
 use crate::tier::memory::AnyValue;
 
+/// The key a refresh runs under in the flight map, beside the key's reads.
+pub(crate) fn refresh_key(key: &str) -> String {
+    // `#` is escaped in every part and absent from templates and namespaces,
+    // so this cannot be another key.
+    format!("{key}{REFRESH}")
+}
+
+const REFRESH: &str = "#refresh";
+
 /// Where a value came from, for the hit/miss counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Source {
@@ -45,6 +54,8 @@ pub(crate) struct Lookup {
     /// remembered negative entry).
     pub value: Option<AnyValue>,
     pub source: Source,
+    /// Past its TTL, served within the family's grace window.
+    pub stale: bool,
 }
 
 pub(crate) type Outcome = Result<Lookup, Error>;
@@ -251,8 +262,13 @@ impl Flights {
     /// does not fill the cache, and new callers start a fresh load. Writes of
     /// `key` in progress are voided too: they keep their value out of L1.
     pub fn void(&self, key: &str) {
-        if let Some(flight) = self.lock().remove(key) {
-            flight.void.store(true, Ordering::Release);
+        {
+            let mut map = self.lock();
+            for k in [key.to_owned(), refresh_key(key)] {
+                if let Some(flight) = map.remove(&k) {
+                    flight.void.store(true, Ordering::Release);
+                }
+            }
         }
         if let Some(writes) = self.lock_writes().get(key) {
             for (_, void) in writes {
@@ -264,7 +280,7 @@ impl Flights {
     /// [`void`](Self::void) for every load and write whose key matches.
     pub fn void_matching(&self, mut matches: impl FnMut(&str) -> bool) {
         self.lock().retain(|key, flight| {
-            let hit = matches(key);
+            let hit = matches(key.strip_suffix(REFRESH).unwrap_or(key));
             if hit {
                 flight.void.store(true, Ordering::Release);
             }
@@ -301,6 +317,13 @@ impl Flights {
             id,
             void,
         }
+    }
+
+    /// Whether a load of `key` is running.
+    pub fn is_running(&self, key: &str) -> bool {
+        self.lock()
+            .get(key)
+            .is_some_and(|f| f.outcome.upgrade().is_some())
     }
 
     /// How many callers are waiting on the load of `key` (0 if none runs).

@@ -59,6 +59,7 @@ mod family;
 mod flight;
 pub mod key;
 mod metrics;
+mod notify;
 mod policy;
 mod scripts;
 mod tier;
@@ -84,6 +85,7 @@ pub struct Versioned<V> {
 }
 
 pub use policy::{
-    Codec, DEFAULT_COMPRESS_ABOVE, DEFAULT_MAX_VALUE_SIZE, DEFAULT_NEGATIVE_TTL, Jitter, MAX_TAGS,
-    Policies, Policy, Strategy, Ttl,
+    Codec, DEFAULT_COMPRESS_ABOVE, DEFAULT_EARLY_REFRESH, DEFAULT_LEASE_WAIT,
+    DEFAULT_MAX_VALUE_SIZE, DEFAULT_NEGATIVE_TTL, Jitter, MAX_TAGS, Policies, Policy, Strategy,
+    Ttl,
 };

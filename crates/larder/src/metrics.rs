@@ -13,7 +13,10 @@
 //!
 //! | metric | kind | labels |
 //! |---|---|---|
-//! | `larder_cache_requests_total` | counter | `family`, `result` = `hit_l1` / `hit_l2` / `miss` / `negative_hit` |
+//! | `larder_cache_requests_total` | counter | `family`, `result` = `hit_l1` / `hit_l2` / `stale` / `miss` / `negative_hit` |
+//! | `larder_refreshes_total` | counter | `family`, `result` = `ok` / `error` (background refreshes) |
+//! | `larder_lease_waits_total`, `larder_lease_timeouts_total` | counter | `family` (waits for another process's load) |
+//! | `larder_loader_timeouts_total` | counter | `family` (callers past the hard timeout) |
 //! | `larder_loader_calls_total` | counter | `family` |
 //! | `larder_loader_errors_total` | counter | `family` |
 //! | `larder_loader_duration_seconds` | histogram | `family` |
@@ -48,6 +51,18 @@ pub struct FamilyStats {
     pub hits_l2: u64,
     /// Remembered "not found" answers served from either tier.
     pub negative_hits: u64,
+    /// Values served past their TTL, within the family's grace window.
+    pub stale_hits: u64,
+    /// Background refreshes that loaded a value.
+    pub refreshes: u64,
+    /// Background refreshes whose load failed (the stale value was kept).
+    pub refresh_failures: u64,
+    /// Loads that waited for another process's lease.
+    pub lease_waits: u64,
+    /// Waits for another process's lease that timed out (then loaded here).
+    pub lease_timeouts: u64,
+    /// Callers that gave up on a load at the hard timeout.
+    pub loader_timeouts: u64,
     /// Requests that had to wait for the loader (including those that shared
     /// another caller's load).
     pub misses: u64,
@@ -66,7 +81,7 @@ pub struct FamilyStats {
 impl FamilyStats {
     /// All requests.
     pub fn requests(&self) -> u64 {
-        self.hits_l1 + self.hits_l2 + self.negative_hits + self.misses
+        self.hits_l1 + self.hits_l2 + self.negative_hits + self.stale_hits + self.misses
     }
 
     /// Share of requests answered without the loader, in `[0, 1]`; `None`
@@ -83,6 +98,12 @@ struct Totals {
     hits_l1: AtomicU64,
     hits_l2: AtomicU64,
     negative_hits: AtomicU64,
+    stale_hits: AtomicU64,
+    refreshes: AtomicU64,
+    refresh_failures: AtomicU64,
+    lease_waits: AtomicU64,
+    lease_timeouts: AtomicU64,
+    loader_timeouts: AtomicU64,
     misses: AtomicU64,
     loader_calls: AtomicU64,
     loader_errors: AtomicU64,
@@ -97,6 +118,7 @@ pub(crate) enum Outcome {
     HitL1,
     HitL2,
     NegativeHit,
+    Stale,
     Miss,
 }
 
@@ -105,7 +127,13 @@ pub(crate) struct FamilyMetrics {
     hit_l1: Counter,
     hit_l2: Counter,
     negative_hit: Counter,
+    stale: Counter,
     miss: Counter,
+    refresh_ok: Counter,
+    refresh_failed: Counter,
+    lease_waits: Counter,
+    lease_timeouts: Counter,
+    loader_timeouts: Counter,
     loader_calls: Counter,
     loader_errors: Counter,
     loader_seconds: Histogram,
@@ -126,7 +154,7 @@ pub(crate) struct FamilyMetrics {
 pub(crate) fn describe() {
     describe_counter!(
         "larder_cache_requests_total",
-        "Cache requests by family and result (hit_l1, hit_l2, miss, negative_hit)."
+        "Cache requests by family and result (hit_l1, hit_l2, stale, miss, negative_hit)."
     );
     describe_counter!(
         "larder_loader_calls_total",
@@ -208,7 +236,13 @@ impl FamilyMetrics {
             hit_l1: requests("hit_l1"),
             hit_l2: requests("hit_l2"),
             negative_hit: requests("negative_hit"),
+            stale: requests("stale"),
             miss: requests("miss"),
+            refresh_ok: counter!("larder_refreshes_total", "family" => family.clone(), "result" => "ok"),
+            refresh_failed: counter!("larder_refreshes_total", "family" => family.clone(), "result" => "error"),
+            lease_waits: counter!("larder_lease_waits_total", "family" => family.clone()),
+            lease_timeouts: counter!("larder_lease_timeouts_total", "family" => family.clone()),
+            loader_timeouts: counter!("larder_loader_timeouts_total", "family" => family.clone()),
             loader_calls: counter!("larder_loader_calls_total", "family" => family.clone()),
             loader_errors: counter!("larder_loader_errors_total", "family" => family.clone()),
             loader_seconds: histogram!("larder_loader_duration_seconds", "family" => family.clone()),
@@ -231,6 +265,7 @@ impl FamilyMetrics {
             Outcome::HitL1 => (&self.hit_l1, &self.totals.hits_l1),
             Outcome::HitL2 => (&self.hit_l2, &self.totals.hits_l2),
             Outcome::NegativeHit => (&self.negative_hit, &self.totals.negative_hits),
+            Outcome::Stale => (&self.stale, &self.totals.stale_hits),
             Outcome::Miss => (&self.miss, &self.totals.misses),
         };
         c.increment(1);
@@ -245,6 +280,31 @@ impl FamilyMetrics {
             self.loader_errors.increment(1);
             self.totals.loader_errors.fetch_add(1, Relaxed);
         }
+    }
+
+    pub fn refresh(&self, ok: bool) {
+        if ok {
+            self.refresh_ok.increment(1);
+            self.totals.refreshes.fetch_add(1, Relaxed);
+        } else {
+            self.refresh_failed.increment(1);
+            self.totals.refresh_failures.fetch_add(1, Relaxed);
+        }
+    }
+
+    pub fn lease_wait(&self) {
+        self.lease_waits.increment(1);
+        self.totals.lease_waits.fetch_add(1, Relaxed);
+    }
+
+    pub fn lease_timeout(&self) {
+        self.lease_timeouts.increment(1);
+        self.totals.lease_timeouts.fetch_add(1, Relaxed);
+    }
+
+    pub fn loader_timeout(&self) {
+        self.loader_timeouts.increment(1);
+        self.totals.loader_timeouts.fetch_add(1, Relaxed);
     }
 
     pub fn decode_error(&self) {
@@ -293,6 +353,12 @@ impl FamilyMetrics {
             hits_l1: t.hits_l1.load(Relaxed),
             hits_l2: t.hits_l2.load(Relaxed),
             negative_hits: t.negative_hits.load(Relaxed),
+            stale_hits: t.stale_hits.load(Relaxed),
+            refreshes: t.refreshes.load(Relaxed),
+            refresh_failures: t.refresh_failures.load(Relaxed),
+            lease_waits: t.lease_waits.load(Relaxed),
+            lease_timeouts: t.lease_timeouts.load(Relaxed),
+            loader_timeouts: t.loader_timeouts.load(Relaxed),
             misses: t.misses.load(Relaxed),
             loader_calls: t.loader_calls.load(Relaxed),
             loader_errors: t.loader_errors.load(Relaxed),

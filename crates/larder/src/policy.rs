@@ -181,6 +181,11 @@ pub struct Policy {
     pub(crate) strategy: Strategy,
     pub(crate) l1: bool,
     pub(crate) tags: Vec<String>,
+    pub(crate) grace: Option<Duration>,
+    pub(crate) soft_timeout: Option<Duration>,
+    pub(crate) hard_timeout: Option<Duration>,
+    pub(crate) early_refresh: f64,
+    pub(crate) lease_wait: Duration,
 }
 
 /// Default limit on one encoded value: the article's "payload is very large
@@ -188,6 +193,10 @@ pub struct Policy {
 pub const DEFAULT_MAX_VALUE_SIZE: usize = 1024 * 1024;
 /// Values larger than this are lz4-compressed before going to Redis.
 pub const DEFAULT_COMPRESS_ABOVE: usize = 1024;
+/// Default XFetch `beta` (see [`Policy::early_refresh`]).
+pub const DEFAULT_EARLY_REFRESH: f64 = 1.0;
+/// Default [`Policy::lease_wait`].
+pub const DEFAULT_LEASE_WAIT: Duration = Duration::from_secs(3);
 /// Most tags one family may carry (each is read on every Redis read).
 pub const MAX_TAGS: usize = 8;
 /// Negative entries live at most this long unless the family says otherwise.
@@ -209,6 +218,11 @@ impl Policy {
             strategy: Strategy::default(),
             l1: true,
             tags: Vec::new(),
+            grace: None,
+            soft_timeout: None,
+            hard_timeout: None,
+            early_refresh: DEFAULT_EARLY_REFRESH,
+            lease_wait: DEFAULT_LEASE_WAIT,
         }
     }
 
@@ -283,6 +297,51 @@ impl Policy {
     /// makes it (and every other family's entry tagged so) a miss everywhere.
     pub fn tag(mut self, template: impl Into<String>) -> Self {
         self.tags.push(template.into());
+        self
+    }
+
+    /// Stale-while-revalidate: for `grace` after the TTL, a stale value is
+    /// served at once while one refresh runs in the background, and keeps
+    /// being served if the loader fails or times out (fail-safe), until
+    /// `grace` ends. Redis keeps entries for TTL + grace.
+    pub fn grace(mut self, grace: Duration) -> Self {
+        self.grace = Some(grace);
+        self
+    }
+
+    /// With a grace window: how long a caller holding a stale value waits
+    /// for the refresh before taking the stale value (the refresh goes on in
+    /// the background and fills the cache). Unset: the stale value is
+    /// served at once.
+    pub fn soft_timeout(mut self, timeout: Duration) -> Self {
+        self.soft_timeout = Some(timeout);
+        self
+    }
+
+    /// How long a caller waits for a load before getting
+    /// [`Error::Timeout`](crate::Error::Timeout). The load itself goes on and
+    /// fills the cache for the next caller. Unset: callers wait as long as
+    /// the loader takes.
+    pub fn hard_timeout(mut self, timeout: Duration) -> Self {
+        self.hard_timeout = Some(timeout);
+        self
+    }
+
+    /// Probabilistic early refresh (XFetch, Vattani et al., VLDB 2015): a
+    /// hit shortly before expiry refreshes the entry in the background with
+    /// a probability that rises as expiry nears, scaled by how long the
+    /// load took and by `beta` (1.0 by default; 0 turns it off; higher
+    /// refreshes earlier). Hot keys then never expire under load.
+    pub fn early_refresh(mut self, beta: f64) -> Self {
+        self.early_refresh = beta;
+        self
+    }
+
+    /// How long a process waits for another process that holds the load
+    /// lease of a key to fill it, before loading itself (uncached).
+    /// Default 3 s.
+    pub fn lease_wait(mut self, wait: Duration) -> Self {
+        self.lease_wait = wait;
         self
     }
 
@@ -368,6 +427,30 @@ impl Policy {
         if self.max_value_size > u32::MAX as usize / 2 {
             return Err(fail("max_value_size must be below 2 GiB".into()));
         }
+        if self.grace.is_some() && ttl == Ttl::Never {
+            return Err(fail("grace needs a finite ttl".into()));
+        }
+        if let (Some(soft), Some(hard)) = (self.soft_timeout, self.hard_timeout)
+            && soft >= hard
+        {
+            return Err(fail(
+                "soft_timeout must be shorter than hard_timeout".into(),
+            ));
+        }
+        if self.soft_timeout.is_some() && self.grace.is_none() {
+            return Err(fail(
+                "soft_timeout only matters with a grace window (it is when a stale value is served)".into(),
+            ));
+        }
+        if !(0.0..=10.0).contains(&self.early_refresh) {
+            return Err(fail(format!(
+                "early_refresh {} must be in [0, 10]",
+                self.early_refresh
+            )));
+        }
+        if self.lease_wait.is_zero() {
+            return Err(fail("lease_wait must be greater than zero".into()));
+        }
         Ok(CompiledPolicy {
             policy: self.clone(),
             template,
@@ -388,6 +471,18 @@ pub(crate) struct CompiledPolicy {
     pub max_jitter: Duration,
     pub negative_ttl: Duration,
     pub tags: Vec<TagTemplate>,
+}
+
+impl CompiledPolicy {
+    /// The grace window (zero if none).
+    pub fn grace(&self) -> Duration {
+        self.policy.grace.unwrap_or_default()
+    }
+
+    /// How long a load lease lasts: longer than any load that is waited on.
+    pub fn lease_ttl(&self) -> Duration {
+        self.policy.hard_timeout.unwrap_or(Duration::from_secs(10)) + Duration::from_secs(1)
+    }
 }
 
 impl CompiledPolicy {
@@ -444,6 +539,11 @@ struct PolicyEntry {
     l1: Option<bool>,
     #[serde(default)]
     tags: Vec<String>,
+    grace: Option<String>,
+    soft_timeout: Option<String>,
+    hard_timeout: Option<String>,
+    early_refresh: Option<f64>,
+    lease_wait: Option<String>,
 }
 
 impl Policies {
@@ -506,6 +606,19 @@ impl Policies {
                 p.l1 = l1;
             }
             p.tags = e.tags;
+            let duration = |field: &str, v: Option<String>| {
+                v.map(|v| parse_duration(&v).map_err(|r| bad(field, r)))
+                    .transpose()
+            };
+            p.grace = duration("grace", e.grace)?;
+            p.soft_timeout = duration("soft_timeout", e.soft_timeout)?;
+            p.hard_timeout = duration("hard_timeout", e.hard_timeout)?;
+            if let Some(w) = duration("lease_wait", e.lease_wait)? {
+                p.lease_wait = w;
+            }
+            if let Some(b) = e.early_refresh {
+                p.early_refresh = b;
+            }
             p.validate()?;
             out.insert(p);
         }

@@ -94,6 +94,53 @@ return id
     )
 });
 
+/// A lease-guarded fill: stores the loaded value only if this load still
+/// holds the key's lease (nobody invalidated or wrote the key since the load
+/// started: both delete the lease), never over a newer version, and tells
+/// the processes waiting for it.
+///
+/// KEYS[1] value key, KEYS[2] lease key. ARGV[1] lease token, ARGV[2]
+/// encoded value, ARGV[3] TTL ms (`0`: none), ARGV[4] notification channel.
+/// Returns 1 if stored.
+pub(crate) static FILL: LazyLock<redis::Script> = LazyLock::new(|| {
+    with_prelude(
+        r#"
+local stored = 0
+if redis.call('GET', KEYS[2]) == ARGV[1] then
+  redis.call('DEL', KEYS[2])
+  local cur = redis.call('GET', KEYS[1])
+  if not (versioned(cur) and cmp_version(cur, ARGV[2]) > 0) then
+    if ARGV[3] == '0' then
+      redis.call('SET', KEYS[1], ARGV[2])
+    else
+      redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+    end
+    stored = 1
+  end
+end
+redis.call('PUBLISH', ARGV[4], KEYS[1])
+return stored
+"#,
+    )
+});
+
+/// Gives a lease back after a failed load, if it is still ours, and wakes
+/// the processes waiting for it (one of them takes the lease and loads).
+///
+/// KEYS[1] lease key. ARGV[1] lease token, ARGV[2] notification channel,
+/// ARGV[3] the value key (the notification's payload).
+pub(crate) static RELEASE: LazyLock<redis::Script> = LazyLock::new(|| {
+    with_prelude(
+        r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+end
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return 1
+"#,
+    )
+});
+
 /// Clears a pending marker once its write (or a newer one) is in the
 /// database; a newer pending write stays.
 ///
@@ -112,7 +159,37 @@ return 0
     )
 });
 
+/// Takes a key's load lease, unless the value changed since the caller
+/// looked: a fill that landed between the caller's miss and its `SET NX`
+/// (which the fill's deleted lease would otherwise let through) means there
+/// is nothing to load.
+///
+/// KEYS[1] value key, KEYS[2] lease key. ARGV[1] lease token, ARGV[2] lease
+/// TTL ms, ARGV[3] the first bytes of the value as the caller read it
+/// (empty: there was none). Returns 1 if the lease is taken, 0 if another
+/// holds it, 2 if the value changed (look again).
+pub(crate) static LEASE: LazyLock<redis::Script> = LazyLock::new(|| {
+    with_prelude(
+        r#"
+if redis.call('GETRANGE', KEYS[1], 0, #ARGV[3] > 0 and #ARGV[3] - 1 or 0) ~= ARGV[3] then
+  return 2
+end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return 1
+end
+return 0
+"#,
+    )
+});
+
 /// Every script, for loading them after a connect or a `NOSCRIPT`.
-pub(crate) fn all() -> [&'static redis::Script; 3] {
-    [&SET_IF_NEWER, &ENQUEUE_WRITE, &CLEAR_PENDING]
+pub(crate) fn all() -> [&'static redis::Script; 6] {
+    [
+        &SET_IF_NEWER,
+        &ENQUEUE_WRITE,
+        &CLEAR_PENDING,
+        &FILL,
+        &RELEASE,
+        &LEASE,
+    ]
 }

@@ -307,17 +307,24 @@ async fn get_many_makes_one_redis_round_trip_and_one_loader_call() {
             .unwrap_or(0)
     };
     assert_eq!(calls("mget"), 1, "one MGET for all keys:\n{info}");
-    // Each stored value goes through the set-if-newer script (whose inner
-    // GET and SET Redis counts too), all in one pipeline.
+    // Each loaded value takes its lease (the lease script, one pipelined
+    // round trip for all) and is stored by the lease-guarded fill script
+    // (whose GETs of the lease and of the value Redis counts too), all fills
+    // in one pipeline.
     assert_eq!(
         calls("evalsha"),
+        2 * 10,
+        "the 10 loaded values (9 + 1 negative): leased, stored:\n{info}"
+    );
+    assert_eq!(
+        calls("getrange"),
         10,
-        "the 10 loaded values (9 + 1 negative) are stored:\n{info}"
+        "each lease checks the value is still absent:\n{info}"
     );
     assert_eq!(
         calls("get"),
-        calls("evalsha"),
-        "every GET is the script's own, none per key:\n{info}"
+        2 * 10,
+        "every GET is the fill script's own, none per key:\n{info}"
     );
 
     // All in L1 now: no more Redis reads.

@@ -201,3 +201,76 @@ async fn two_instances_on_postgres_and_redis_see_each_others_writes() {
     assert!(a.stop().await.success());
     assert!(b.stop().await.success());
 }
+
+/// The value of `trading_db_queries_total{query="<query>"}` on `service`
+/// (0 if it has not counted one yet).
+async fn db_queries(service: &Service, query: &str) -> u64 {
+    let metrics = service.get("/metrics").await;
+    let series = format!("trading_db_queries_total{{query=\"{query}\"}}");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series.as_str()))
+        .map(|v| {
+            v.trim()
+                .parse::<f64>()
+                .expect("a counter's value is a number") as u64
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn three_processes_hit_by_300_concurrent_requests_for_one_cold_portfolio_query_the_database_once()
+ {
+    testkit::require_redis().await;
+    let db = testkit::TestDatabase::create().await;
+    let namespace = testkit::namespace();
+    let redis = testkit::redis_url();
+    let env = [
+        ("DATABASE_URL", db.url()),
+        ("REDIS_URL", redis.as_str()),
+        ("LARDER_NAMESPACE", namespace.as_str()),
+        ("LARDER_SEED_USERS", "50"),
+    ];
+    let mut services = Vec::new();
+    for _ in 0..3 {
+        services.push(std::sync::Arc::new(Service::start(&env).await));
+    }
+    // All 300 are released at once, 100 to each process.
+    let go = std::sync::Arc::new(tokio::sync::Barrier::new(300));
+    let mut requests = Vec::new();
+    for i in 0..300 {
+        let (service, go) = (
+            std::sync::Arc::clone(&services[i % 3]),
+            std::sync::Arc::clone(&go),
+        );
+        requests.push(tokio::spawn(async move {
+            go.wait().await;
+            service.get("/api/users/17/portfolio").await
+        }));
+    }
+    let mut bodies = std::collections::HashSet::new();
+    for r in requests {
+        let response = tokio::time::timeout(Duration::from_secs(30), r)
+            .await
+            .expect("every request answered within 30 s")
+            .unwrap();
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        bodies.insert(
+            response
+                .split("\r\n\r\n")
+                .nth(1)
+                .unwrap_or_default()
+                .to_string(),
+        );
+    }
+    assert_eq!(bodies.len(), 1, "all 300 callers got the same portfolio");
+    let mut total = 0;
+    for service in &services {
+        total += db_queries(service, "portfolio").await;
+    }
+    assert_eq!(total, 1, "one portfolio query across three processes");
+    for service in services {
+        let service = std::sync::Arc::into_inner(service).expect("no request holds it any more");
+        assert!(service.stop().await.success());
+    }
+}

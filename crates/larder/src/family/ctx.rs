@@ -1,11 +1,8 @@
 //! What loads and writes need, detached from the caller's borrow: the tiers,
-//! the codec, reading Redis, filling both tiers.
+//! the codec, entry lifetimes, reading Redis.
 
-use std::collections::HashMap;
-use std::future::Future;
-use std::hash::Hash;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -14,11 +11,9 @@ use super::{FamilyCore, answer};
 use crate::Error;
 use crate::cache::Shared;
 use crate::codec::{self, Decoded, EncodeError, Encoded, Meta};
-use crate::error::{BoxError, SourceError};
-use crate::flight::{BatchOutcome, FlightGuard, Lookup, Outcome, Source};
-use crate::metrics::Outcome as Counted;
+use crate::flight::{Lookup, Source};
 use crate::policy::CompiledPolicy;
-use crate::tier::memory::{AnyValue, L1Entry};
+use crate::tier::memory::{AnyValue, L1Entry, L1Hit, Lifetime};
 
 /// Most keys per `MGET` in a batch read; a batch of more goes out as several
 /// `MGET`s in one pipeline (still one round trip), so that one huge command
@@ -32,28 +27,30 @@ pub(crate) struct Ctx {
     pub core: Arc<FamilyCore>,
 }
 
+/// The first bytes of a value as a reader found it (empty: none): enough
+/// for the lease script to tell that a fill landed since (the header and
+/// `fresh_until` differ from one fill to the next).
+pub(crate) type Seen = Vec<u8>;
+
+/// How many leading bytes of a value make its [`Seen`].
+const SEEN_LEN: usize = 13;
+
 /// What Redis said about one key.
 pub(crate) enum L2Answer {
-    /// A usable value or negative entry.
+    /// A usable value or negative entry, fresh or (within grace) stale.
     Hit {
         lookup: Lookup,
-        /// How long L1 may keep it.
-        ttl: Option<Duration>,
+        /// How long L1 may keep it, fresh and then stale.
+        life: Lifetime,
+        load_us: u32,
         weight: usize,
+        /// The first bytes of the value key as read (see [`Seen`]).
+        seen: Seen,
     },
     /// Nothing usable: load, and stamp the fill with these tag versions.
-    Miss { tag_versions: Vec<u64> },
+    Miss { tag_versions: Vec<u64>, seen: Seen },
     /// Redis did not answer: load, and do not try to store.
     Down,
-}
-
-/// A loaded entry on its way to both tiers.
-struct Fill {
-    key: String,
-    encoded: Option<Encoded>,
-    ttl: Option<Duration>,
-    value: Option<AnyValue>,
-    store_l2: bool,
 }
 
 impl Ctx {
@@ -71,33 +68,41 @@ impl Ctx {
         self.shared.l1.is_some() && self.core.policy.policy.l1
     }
 
-    pub fn l1_get(&self, key: &str) -> Option<L1Entry> {
+    pub fn l1_get(&self, key: &str) -> Option<L1Hit> {
         match &self.shared.l1 {
             Some(l1) if self.core.policy.policy.l1 => l1.get(key),
             _ => None,
         }
     }
 
-    /// Puts a value in L1 for at most `ttl`, the family's TTL and the
-    /// cache's `l1_max_ttl`, whichever is shortest.
+    /// Puts a value in L1, fresh for at most its own remaining TTL, the
+    /// family's TTL and the cache's `l1_max_ttl`, whichever is shortest.
     pub fn l1_put(
         &self,
         key: String,
         value: Option<AnyValue>,
         weight: usize,
-        ttl: Option<Duration>,
+        life: Lifetime,
+        load_us: u32,
     ) {
         if !self.uses_l1() {
             return;
         }
-        let caps = [ttl, self.policy().ttl.duration(), self.shared.l1_max_ttl];
-        let ttl = caps.into_iter().flatten().min();
-        if ttl.is_some_and(|t| t.is_zero()) {
+        let caps = [
+            life.fresh,
+            self.policy().ttl.duration(),
+            self.shared.l1_max_ttl,
+        ];
+        let life = Lifetime {
+            fresh: caps.into_iter().flatten().min(),
+            grace: life.grace,
+        };
+        if life.fresh.is_some_and(|t| t.is_zero()) && life.grace.is_zero() {
             return;
         }
         if let Some(l1) = &self.shared.l1 {
             let tags = self.core.tag_keys(&key);
-            let entry = L1Entry::new(&key, value, weight, ttl, tags);
+            let entry = L1Entry::new(&key, value, weight, life, load_us, tags);
             l1.insert(key, entry);
         }
     }
@@ -113,6 +118,51 @@ impl Ctx {
         lookup: Lookup,
     ) -> Result<Option<Arc<V>>, Error> {
         answer(&self.core, lookup)
+    }
+
+    // --- lifetimes --------------------------------------------------------
+
+    /// The lifetime of a value just loaded or written with TTL `ttl`.
+    pub fn lifetime_of_new(&self, ttl: Option<Duration>, negative: bool) -> Lifetime {
+        Lifetime {
+            fresh: ttl,
+            grace: if negative {
+                Duration::ZERO
+            } else {
+                self.policy().grace()
+            },
+        }
+    }
+
+    /// How long Redis keeps a value written with TTL `ttl`: through its
+    /// grace window too (`None`: no expiry).
+    pub fn redis_ttl(&self, ttl: Option<Duration>, negative: bool) -> Option<Duration> {
+        ttl.map(|t| t + self.lifetime_of_new(ttl, negative).grace)
+    }
+
+    /// The lifetime left to a value read from Redis.
+    fn lifetime_of_stored(&self, meta: &Meta, negative: bool) -> Lifetime {
+        let grace = if negative {
+            Duration::ZERO
+        } else {
+            self.policy().grace()
+        };
+        match meta.remaining() {
+            None => Lifetime { fresh: None, grace },
+            Some(left) if !left.is_zero() => Lifetime {
+                fresh: Some(left),
+                grace,
+            },
+            Some(_) => {
+                // Already stale: what is left of the grace window.
+                let overdue =
+                    Duration::from_millis(codec::unix_ms().saturating_sub(meta.fresh_until_ms));
+                Lifetime {
+                    fresh: Some(Duration::ZERO),
+                    grace: grace.saturating_sub(overdue),
+                }
+            }
+        }
     }
 
     // --- codec ------------------------------------------------------------
@@ -161,6 +211,22 @@ impl Ctx {
         out.len() - start
     }
 
+    fn hit<V: Send + Sync + 'static>(&self, d: Decoded<V>, seen: Seen) -> L2Answer {
+        let negative = d.value.is_none();
+        let life = self.lifetime_of_stored(&d.meta, negative);
+        L2Answer::Hit {
+            lookup: Lookup {
+                stale: life.fresh.is_some_and(|f| f.is_zero()),
+                value: d.value.map(|v| Arc::new(v) as AnyValue),
+                source: Source::L2,
+            },
+            life,
+            load_us: d.meta.load_us,
+            weight: d.payload_len,
+            seen,
+        }
+    }
+
     /// Reads `keys` from Redis in one round trip and judges each.
     pub async fn read_l2<V>(&self, keys: &[&str]) -> Vec<L2Answer>
     where
@@ -179,16 +245,10 @@ impl Ctx {
                             .pending(k)
                             .and_then(|b| codec::decode::<V>(&b, max).ok())
                         {
-                            Some(d) => L2Answer::Hit {
-                                ttl: d.meta.remaining(),
-                                weight: d.payload_len,
-                                lookup: Lookup {
-                                    value: d.value.map(|v| Arc::new(v) as AnyValue),
-                                    source: Source::L2,
-                                },
-                            },
+                            Some(d) => self.hit(d, Vec::new()),
                             None => L2Answer::Miss {
                                 tag_versions: Vec::new(),
+                                seen: Vec::new(),
                             },
                         }
                     })
@@ -266,6 +326,9 @@ impl Ctx {
             None
         };
         let value = slot.pop().flatten();
+        let mut seen: Seen = value
+            .as_deref()
+            .map_or(Vec::new(), |b| b[..b.len().min(SEEN_LEN)].to_vec());
         // Anything that does not decode is deleted and reloaded, including a
         // value of another layout version: during an upgrade that changes the
         // layout, old and new processes treat each other's values as misses
@@ -281,7 +344,14 @@ impl Ctx {
                 }
             }
         };
-        let value = decode(value, key.to_owned()).filter(|d| d.meta.tags == tag_versions);
+        let value = match decode(value, key.to_owned()) {
+            Some(d) => Some(d).filter(|d| d.meta.tags == tag_versions),
+            None => {
+                // Absent, or broken and deleted below.
+                seen.clear();
+                None
+            }
+        };
         let pending = if self.core.write_behind() {
             decode(pending, FamilyCore::pending_key(key))
         } else {
@@ -295,265 +365,19 @@ impl Ctx {
             (None, p) => p,
         };
         match chosen {
-            Some(d) => L2Answer::Hit {
-                ttl: d.meta.remaining(),
-                weight: d.payload_len,
-                lookup: Lookup {
-                    value: d.value.map(|v| Arc::new(v) as AnyValue),
-                    source: Source::L2,
-                },
-            },
-            None => L2Answer::Miss { tag_versions },
-        }
-    }
-
-    // --- loading ----------------------------------------------------------
-
-    /// Runs the loader, timing and counting it.
-    pub async fn call<T, Fut, E>(&self, fut: Fut) -> Result<(T, Duration), Error>
-    where
-        Fut: Future<Output = Result<T, E>>,
-        E: Into<BoxError>,
-    {
-        let start = Instant::now();
-        let result = fut.await;
-        let took = start.elapsed();
-        self.core.metrics.loader_call(took, result.is_ok());
-        match result {
-            Ok(v) => Ok((v, took)),
-            Err(e) => Err(Error::Loader(SourceError::new(e))),
-        }
-    }
-
-    /// Prepares a freshly loaded value (or "not found") for both tiers.
-    fn prepare<V: Serialize + Send + Sync + 'static>(
-        &self,
-        key: String,
-        value: Option<V>,
-        took: Duration,
-        tag_versions: Vec<u64>,
-        store_l2: bool,
-    ) -> Fill {
-        let ttl = match value {
-            Some(_) => self.policy().draw_ttl(),
-            None => Some(self.policy().negative_ttl),
-        };
-        let meta = Meta::new(ttl, took).with_tags(tag_versions);
-        let encoded = match self.encode(value.as_ref(), &meta) {
-            Ok(e) => Some(e),
-            Err(e) => {
-                let e = self.encode_error(e);
-                tracing::warn!(family = %self.name(), error = %e, "loaded value not cached");
-                None
-            }
-        };
-        Fill {
-            key,
-            encoded,
-            ttl,
-            value: value.map(|v| Arc::new(v) as AnyValue),
-            store_l2,
-        }
-    }
-
-    /// Stores fills in Redis (one round trip, set-if-newer) and then in L1,
-    /// skipping any whose key was invalidated while it loaded, and keeping
-    /// out of L1 any that Redis refused (it holds a newer version).
-    async fn fill(&self, fills: &[Fill], guard: &FlightGuard) {
-        let live: Vec<&Fill> = fills
-            .iter()
-            .filter(|f| f.encoded.is_some() && !guard.is_void(&f.key))
-            .collect();
-        let mut refused: Vec<&str> = Vec::new();
-        if let Some(l2) = &self.shared.l2 {
-            let batch: Vec<(&str, &[u8], Option<Duration>)> = live
-                .iter()
-                .filter(|f| f.store_l2)
-                .filter_map(|f| Some((f.key.as_str(), f.encoded.as_ref()?.bytes.as_slice(), f.ttl)))
-                .collect();
-            let stored = match batch.len() {
-                0 => Ok(Vec::new()),
-                1 => l2
-                    .store(batch[0].0, batch[0].1, batch[0].2)
-                    .await
-                    .map(|s| vec![s]),
-                _ => l2.store_many(&batch).await,
-            };
-            match stored {
-                Ok(stored) => refused.extend(
-                    batch
-                        .iter()
-                        .zip(stored)
-                        .filter(|(_, s)| !s)
-                        .map(|((k, _, _), _)| *k),
-                ),
-                Err(_) => self.core.metrics.redis_error(),
-            }
-        }
-        for f in live {
-            // Checked again: an invalidation may have landed during the store.
-            if guard.is_void(&f.key) || refused.contains(&f.key.as_str()) {
-                continue;
-            }
-            let weight = f.encoded.as_ref().map_or(0, |e| e.payload_len);
-            self.l1_put(f.key.clone(), f.value.clone(), weight, f.ttl);
-        }
-    }
-
-    /// The body of a single-key load.
-    pub async fn load_one<V, F, Fut, E>(
-        self,
-        key: String,
-        loader: F,
-        guard: &FlightGuard,
-    ) -> Outcome
-    where
-        V: Serialize + DeserializeOwned + Send + Sync + 'static,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Option<V>, E>>,
-        E: Into<BoxError>,
-    {
-        // A flight that finished just before this one started has filled L1.
-        if let Some(entry) = self.l1_get(&key) {
-            return Ok(Lookup {
-                value: entry.value,
-                source: Source::L1,
-            });
-        }
-        let (tag_versions, store_l2) = match self.read_l2::<V>(&[&key]).await.pop() {
-            Some(L2Answer::Hit {
-                lookup,
-                ttl,
-                weight,
-            }) => {
-                if !guard.is_void(&key) {
-                    self.l1_put(key, lookup.value.clone(), weight, ttl);
+            // A pending write is the newest truth until the worker persists
+            // it: never stale, never refreshed from the database under it.
+            Some(d) if self.core.write_behind() && d.meta.version > 0 => {
+                let mut hit = self.hit(d, seen);
+                if let L2Answer::Hit { lookup, life, .. } = &mut hit {
+                    lookup.stale = false;
+                    *life =
+                        self.lifetime_of_new(self.policy().ttl.duration(), lookup.value.is_none());
                 }
-                return Ok(lookup);
+                hit
             }
-            Some(L2Answer::Miss { tag_versions }) => (tag_versions, true),
-            // A Redis that just failed the read is not asked to store the
-            // fill: while it is down, that would double each miss's wait.
-            Some(L2Answer::Down) | None => (Vec::new(), false),
-        };
-        let (value, took) = self.call(loader()).await?;
-        let fill = self.prepare(key, value, took, tag_versions, store_l2);
-        self.fill(std::slice::from_ref(&fill), guard).await;
-        Ok(Lookup {
-            value: fill.value,
-            source: Source::Loader,
-        })
-    }
-
-    /// The body of a `get_many` load: L1 re-check, one Redis read, one
-    /// loader call, one pipelined store.
-    pub async fn load_batch<K, V, F, Fut, E>(
-        self,
-        items: Vec<(String, K)>,
-        loader: F,
-        guard: &FlightGuard,
-    ) -> BatchOutcome
-    where
-        K: Eq + Hash + Clone,
-        V: Serialize + DeserializeOwned + Send + Sync + 'static,
-        F: FnOnce(Vec<K>) -> Fut,
-        Fut: Future<Output = Result<HashMap<K, V>, E>>,
-        E: Into<BoxError>,
-    {
-        let mut found = HashMap::with_capacity(items.len());
-        let mut pending = Vec::with_capacity(items.len());
-        for (key, parts) in items {
-            match self.l1_get(&key) {
-                Some(entry) => {
-                    let lookup = Lookup {
-                        value: entry.value,
-                        source: Source::L1,
-                    };
-                    found.insert(key, lookup);
-                }
-                None => pending.push((key, parts)),
-            }
+            Some(d) => self.hit(d, seen),
+            None => L2Answer::Miss { tag_versions, seen },
         }
-        let mut to_load = Vec::with_capacity(pending.len());
-        if !pending.is_empty() {
-            let keys: Vec<&str> = pending.iter().map(|(k, _)| k.as_str()).collect();
-            let answers = self.read_l2::<V>(&keys).await;
-            for ((key, parts), answer) in pending.into_iter().zip(answers) {
-                match answer {
-                    L2Answer::Hit {
-                        lookup,
-                        ttl,
-                        weight,
-                    } => {
-                        if !guard.is_void(&key) {
-                            self.l1_put(key.clone(), lookup.value.clone(), weight, ttl);
-                        }
-                        found.insert(key, lookup);
-                    }
-                    L2Answer::Miss { tag_versions } => {
-                        to_load.push((key, parts, tag_versions, true))
-                    }
-                    L2Answer::Down => to_load.push((key, parts, Vec::new(), false)),
-                }
-            }
-        }
-        if to_load.is_empty() {
-            return Ok(found);
-        }
-        let wanted: Vec<K> = to_load.iter().map(|(_, k, _, _)| k.clone()).collect();
-        let (mut loaded, took) = self.call(loader(wanted)).await?;
-        let fills: Vec<Fill> = to_load
-            .into_iter()
-            .map(|(key, parts, tags, store)| {
-                let value = loaded.remove(&parts);
-                self.prepare(key, value, took, tags, store)
-            })
-            .collect();
-        self.fill(&fills, guard).await;
-        for f in fills {
-            let lookup = Lookup {
-                value: f.value,
-                source: Source::Loader,
-            };
-            found.insert(f.key, lookup);
-        }
-        Ok(found)
-    }
-
-    /// The cache is off: straight to the loader.
-    pub async fn bypass_one<V, F, Fut, E>(&self, loader: F) -> Result<Option<Arc<V>>, Error>
-    where
-        V: Send + Sync + 'static,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Option<V>, E>>,
-        E: Into<BoxError>,
-    {
-        let (value, _) = self.call(loader()).await?;
-        self.core.metrics.request(Counted::Miss);
-        Ok(value.map(Arc::new))
-    }
-
-    pub async fn bypass_many<K, V, F, Fut, E>(
-        &self,
-        keys: &[K],
-        loader: F,
-    ) -> Result<Vec<Option<Arc<V>>>, Error>
-    where
-        K: Eq + Hash + Clone,
-        V: Send + Sync + 'static,
-        F: FnOnce(Vec<K>) -> Fut,
-        Fut: Future<Output = Result<HashMap<K, V>, E>>,
-        E: Into<BoxError>,
-    {
-        let (loaded, _) = self.call(loader(keys.to_vec())).await?;
-        let loaded: HashMap<K, Arc<V>> =
-            loaded.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
-        Ok(keys
-            .iter()
-            .map(|k| {
-                self.core.metrics.request(Counted::Miss);
-                loaded.get(k).cloned()
-            })
-            .collect())
     }
 }

@@ -23,13 +23,15 @@
 //! have read the row from before the change.
 
 mod ctx;
+mod load;
 mod write;
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
 use std::marker::PhantomData;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use futures_util::future::{Either, ready};
@@ -46,6 +48,7 @@ use crate::key::{KeyLayout, KeyParts};
 use crate::metrics::{FamilyMetrics, FamilyStats, Outcome as Counted};
 use crate::policy::{CompiledPolicy, Strategy};
 use crate::tier::memory::Tags;
+use load::{EARLY_REFRESH_MARGIN, Mode};
 
 /// The state of one family shared by all its handles.
 pub(crate) struct FamilyCore {
@@ -54,6 +57,8 @@ pub(crate) struct FamilyCore {
     /// The family's keys, namespace and hash tag included.
     pub layout: KeyLayout,
     pub metrics: FamilyMetrics,
+    /// Keys whose last refresh failed, and until when not to retry.
+    refresh_backoff: Mutex<HashMap<String, Instant>>,
 }
 
 impl FamilyCore {
@@ -65,6 +70,7 @@ impl FamilyCore {
             namespace: namespace.to_string(),
             layout,
             metrics,
+            refresh_backoff: Mutex::new(HashMap::new()),
         }
     }
 
@@ -95,6 +101,57 @@ impl FamilyCore {
     /// The key of the pending-write marker beside the value at `key`.
     pub fn pending_key(key: &str) -> String {
         format!("{key}:wb")
+    }
+
+    /// Whether a hit whose entry is fresh for `fresh_for` more and whose
+    /// load took `load_us` should refresh it now: XFetch (Vattani,
+    /// Chierichetti, Lowenstein, VLDB 2015), refresh when
+    /// `now - delta * beta * ln(rand) >= expiry`. The probability rises as
+    /// expiry nears, faster for entries that are slow to load.
+    pub fn early_refresh_due(&self, left: Duration, load_us: u32) -> bool {
+        let beta = self.policy.policy.early_refresh;
+        if beta <= 0.0 || load_us == 0 {
+            return false;
+        }
+        let delta = f64::from(load_us) / 1e6 * beta;
+        let left = left.as_secs_f64();
+        // Far from expiry the probability is below e^-30: skip the draw.
+        if left > delta * 30.0 {
+            return false;
+        }
+        let u = 1.0 - rand::random::<f64>(); // (0, 1]
+        left <= -delta * u.ln()
+    }
+
+    /// Whether a refresh of `key` failed a moment ago (it is not retried
+    /// on every request while the database is down).
+    pub fn refresh_backed_off(&self, key: &str) -> bool {
+        let map = self
+            .refresh_backoff
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        map.get(key).is_some_and(|until| Instant::now() < *until)
+    }
+
+    /// Records a failed refresh of `key`: the next waits a second (or a
+    /// tenth of the TTL, if shorter).
+    pub fn back_off_refresh(&self, key: &str) {
+        let pause = self
+            .policy
+            .ttl
+            .duration()
+            .map_or(Duration::from_secs(1), |t| {
+                (t / 10).min(Duration::from_secs(1))
+            });
+        let mut map = self
+            .refresh_backoff
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if map.len() > 10_000 {
+            let now = Instant::now();
+            map.retain(|_, until| *until > now);
+        }
+        map.insert(key.to_owned(), Instant::now() + pause);
     }
 }
 
@@ -253,20 +310,75 @@ where
         // An L1 hit is answered here and now: no await, no reference count
         // touched but the value's own.
         if let Some(l1) = shared.l1.as_ref().filter(|_| self.core.policy.policy.l1)
-            && let Some(entry) = l1.get(&key)
+            && let Some(hit) = l1.get(&key)
         {
-            let hit = Lookup {
-                value: entry.value,
+            if hit.is_fresh() {
+                if hit.entry.value.is_some()
+                    && let Some(left) = hit.fresh_for
+                    && self.core.early_refresh_due(left, hit.entry.load_us)
+                {
+                    // The copy in Redis may be the one this process holds,
+                    // or another process's refresh of it: only the latter,
+                    // fresh for well longer than ours, saves the load.
+                    let keep_if_fresh_for = left + EARLY_REFRESH_MARGIN;
+                    self.ctx().spawn_refresh(key, loader, keep_if_fresh_for);
+                }
+                let fresh = Lookup {
+                    value: hit.entry.value,
+                    source: Source::L1,
+                    stale: false,
+                };
+                return Either::Left(ready(answer(&self.core, fresh)));
+            }
+            // Stale, within the grace window.
+            let stale = Lookup {
+                value: hit.entry.value,
                 source: Source::L1,
+                stale: true,
             };
-            return Either::Left(ready(answer(&self.core, hit)));
+            let ctx = self.ctx();
+            return match self.core.policy.policy.soft_timeout {
+                Some(soft) if !self.core.refresh_backed_off(&key) => {
+                    // Wait a little for the refresh; past that, the stale value.
+                    let refresh = ctx.start_refresh(key.clone(), loader, Duration::ZERO);
+                    Either::Right(
+                        async move {
+                            match tokio::time::timeout(soft, refresh.clone()).await {
+                                Ok(Ok(fresh)) => {
+                                    ctx.finish_refresh(&key, Ok(fresh.clone()));
+                                    ctx.answer(fresh)
+                                }
+                                Ok(Err(e)) => {
+                                    // Fail-safe: the stale value it is.
+                                    ctx.finish_refresh(&key, Err(e));
+                                    ctx.answer(stale)
+                                }
+                                Err(_) => {
+                                    let driver = ctx.clone();
+                                    tokio::spawn(async move {
+                                        driver.finish_refresh(&key, refresh.await)
+                                    });
+                                    ctx.answer(stale)
+                                }
+                            }
+                        }
+                        .boxed(),
+                    )
+                }
+                _ => {
+                    ctx.spawn_refresh(key, loader, Duration::ZERO);
+                    Either::Left(ready(answer(&self.core, stale)))
+                }
+            };
         }
         let ctx = self.ctx();
         let load_ctx = ctx.clone();
         let task_key = key.clone();
         let flight = ctx.shared.flights.join_or_start(&key, move |guard| {
             async move {
-                let outcome = load_ctx.load_one(task_key, loader, &guard).await;
+                let outcome = load_ctx
+                    .load_one(task_key, loader, &guard, Mode::Read)
+                    .await;
                 // The guard ends the flight only now, after the fill: a caller
                 // arriving later finds the value in L1 or joins this flight.
                 drop(guard);
@@ -274,7 +386,29 @@ where
             }
             .boxed()
         });
-        Either::Right(async move { ctx.answer(flight.await?) }.boxed())
+        let hard = self.core.policy.policy.hard_timeout;
+        Either::Right(
+            async move {
+                let outcome = match hard {
+                    None => flight.await,
+                    Some(hard) => match tokio::time::timeout(hard, flight.clone()).await {
+                        Ok(outcome) => outcome,
+                        Err(_) => {
+                            // The caller gives up; the load goes on and fills
+                            // the cache for the next one.
+                            ctx.core.metrics.loader_timeout();
+                            tokio::spawn(flight);
+                            return Err(Error::Timeout {
+                                family: ctx.name().to_string(),
+                                after: hard,
+                            });
+                        }
+                    },
+                };
+                ctx.answer(outcome?)
+            }
+            .boxed(),
+        )
     }
 
     /// Returns the values for many keys, in the order given, with one Redis
@@ -334,11 +468,13 @@ where
                 continue;
             }
             first_seen.insert(key, i);
-            match ctx.l1_get(key) {
-                Some(entry) => {
+            // Stale entries are reloaded with the batch.
+            match ctx.l1_get(key).filter(|h| h.is_fresh()) {
+                Some(hit) => {
                     answers[i] = Some(Lookup {
-                        value: entry.value,
+                        value: hit.entry.value,
                         source: Source::L1,
+                        stale: false,
                     })
                 }
                 None => {
@@ -390,6 +526,7 @@ fn answer<V: Send + Sync + 'static>(
 ) -> Result<Option<Arc<V>>, Error> {
     let counted = match (lookup.source, lookup.value.is_some()) {
         (Source::Loader, _) => Counted::Miss,
+        _ if lookup.stale => Counted::Stale,
         (_, false) => Counted::NegativeHit,
         (Source::L1, true) => Counted::HitL1,
         (Source::L2, true) => Counted::HitL2,

@@ -86,6 +86,14 @@ impl Ctx {
                         }
                     }
                 }
+                // A load that started before this write must not store what it
+                // read: its lease goes. Processes waiting for that load look
+                // again and find this value.
+                pipe.cmd("DEL").arg(format!("{key}:lease")).ignore();
+                pipe.cmd("PUBLISH")
+                    .arg(&self.shared.fill_channel)
+                    .arg(&key)
+                    .ignore();
                 if let Some(bus) = &self.shared.bus {
                     bus.add(&mut pipe, &Event::Key(key.clone()));
                 }
@@ -105,7 +113,8 @@ impl Ctx {
             }
         };
         if stored && !guard.is_void() {
-            self.l1_put(key, Some(value), encoded.payload_len, ttl);
+            let life = self.lifetime_of_new(ttl, false);
+            self.l1_put(key, Some(value), encoded.payload_len, life, 0);
         } else {
             // Redis holds a newer version, or a newer write or invalidation
             // came in meanwhile: ours must not linger in L1.
@@ -120,7 +129,16 @@ impl Ctx {
         let result = match &self.shared.l2 {
             Some(l2) => {
                 let mut pipe = redis::pipe();
-                pipe.cmd("UNLINK").arg(key).ignore();
+                // The value, and the lease of any load in progress: a load that
+                // read the row before this invalidation cannot store it after.
+                pipe.cmd("UNLINK")
+                    .arg(key)
+                    .arg(format!("{key}:lease"))
+                    .ignore();
+                pipe.cmd("PUBLISH")
+                    .arg(&self.shared.fill_channel)
+                    .arg(key)
+                    .ignore();
                 if let Some(bus) = &self.shared.bus {
                     bus.add(&mut pipe, &Event::Key(key.to_owned()));
                 }
@@ -304,21 +322,22 @@ where
                         redis::cmd("SCAN")
                             .arg(cursor)
                             .arg("MATCH")
-                            .arg(&pattern)
+                            .arg(format!("{pattern}*"))
                             .arg("COUNT")
                             .arg(SCAN_COUNT),
                     )
                     .await?;
-                // A glob `*` also matches `:`; keep only keys of this
-                // family's exact shape.
                 let mine: Vec<&str> = keys
                     .iter()
                     .map(String::as_str)
-                    .filter(|k| matches_pattern(&pattern, k))
+                    // A glob `*` also matches `:`; only keys of this family's
+                    // exact shape, and the leases of loads in progress (so
+                    // that they cannot store what they read before this).
+                    .filter(|k| matches_pattern(&pattern, k.strip_suffix(":lease").unwrap_or(k)))
                     .collect();
                 if !mine.is_empty() {
                     l2.unlink(&mine).await?;
-                    deleted += mine.len() as u64;
+                    deleted += mine.iter().filter(|k| !k.ends_with(":lease")).count() as u64;
                 }
                 cursor = next;
                 if cursor == 0 {

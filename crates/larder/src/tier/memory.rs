@@ -35,12 +35,39 @@ pub(crate) type Tags = Arc<[String]>;
 pub(crate) struct L1Entry {
     /// The value, or `None` for a remembered "not found".
     pub value: Option<AnyValue>,
-    /// When the entry stops being served (`None`: only when evicted).
+    /// When the entry stops being fresh (`None`: never). Between this and
+    /// `expires_at` it is stale: served within the family's grace window.
+    pub fresh_until: Option<Instant>,
+    /// When the entry stops being served at all (`None`: only when evicted).
     pub expires_at: Option<Instant>,
+    /// How long its load took, in µs (for early refresh).
+    pub load_us: u32,
     /// What the entry costs against the byte budget.
     pub weight: u32,
     /// The entry's tag keys, so that a tag invalidation can find it.
     pub tags: Option<Tags>,
+}
+
+/// How long an entry stays fresh, then stale, from now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Lifetime {
+    /// Fresh for this long (`None`: forever).
+    pub fresh: Option<Duration>,
+    /// Then stale, but servable, for this long.
+    pub grace: Duration,
+}
+
+/// An L1 hit, as the read path sees it.
+pub(crate) struct L1Hit {
+    pub entry: L1Entry,
+    /// Time left until it is stale (`None`: never); zero if it already is.
+    pub fresh_for: Option<Duration>,
+}
+
+impl L1Hit {
+    pub fn is_fresh(&self) -> bool {
+        self.fresh_for.is_none_or(|d| !d.is_zero())
+    }
 }
 
 impl L1Entry {
@@ -51,13 +78,18 @@ impl L1Entry {
         key: &str,
         value: Option<AnyValue>,
         encoded_len: usize,
-        ttl: Option<Duration>,
+        life: Lifetime,
+        load_us: u32,
         tags: Option<Tags>,
     ) -> Self {
         let weight = (key.len() + encoded_len + ENTRY_OVERHEAD).min(u32::MAX as usize) as u32;
+        let now = Instant::now();
+        let fresh_until = life.fresh.and_then(|t| now.checked_add(t));
         L1Entry {
             value,
-            expires_at: ttl.and_then(|t| Instant::now().checked_add(t)),
+            fresh_until,
+            expires_at: fresh_until.and_then(|f| f.checked_add(life.grace)),
+            load_us,
             weight,
             tags,
         }
@@ -98,13 +130,23 @@ impl MemoryTier {
         MemoryTier { cache }
     }
 
-    /// The entry for `key` unless it has expired.
-    pub fn get(&self, key: &str) -> Option<L1Entry> {
+    /// The entry for `key`, fresh or stale, unless it is past its grace.
+    pub fn get(&self, key: &str) -> Option<L1Hit> {
         let entry = self.cache.get(key)?;
-        match entry.expires_at {
-            Some(deadline) if Instant::now() >= deadline => None,
-            _ => Some(entry),
+        let Some(fresh_until) = entry.fresh_until else {
+            return Some(L1Hit {
+                entry,
+                fresh_for: None,
+            });
+        };
+        let now = Instant::now();
+        if entry.expires_at.is_some_and(|deadline| now >= deadline) {
+            return None;
         }
+        Some(L1Hit {
+            fresh_for: Some(fresh_until.saturating_duration_since(now)),
+            entry,
+        })
     }
 
     pub fn insert(&self, key: String, entry: L1Entry) {

@@ -224,39 +224,6 @@ impl RedisTier {
         self.run("MGET", redis::cmd("MGET").arg(keys)).await
     }
 
-    /// Stores an encoded value unless Redis holds a newer version of it
-    /// (see [`scripts::SET_IF_NEWER`]). Returns whether it was stored.
-    pub async fn store(
-        &self,
-        key: &str,
-        value: &[u8],
-        ttl: Option<Duration>,
-    ) -> Result<bool, Error> {
-        let mut pipe = redis::pipe();
-        add_store(&mut pipe, key, value, ttl);
-        let (stored,): (i64,) = self.run_pipe_with_scripts("SET (versioned)", &pipe).await?;
-        Ok(stored == 1)
-    }
-
-    /// Many [`store`](Self::store)s in one pipelined round trip; whether each
-    /// was stored.
-    pub async fn store_many(
-        &self,
-        items: &[(&str, &[u8], Option<Duration>)],
-    ) -> Result<Vec<bool>, Error> {
-        if items.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut pipe = redis::pipe();
-        for (key, value, ttl) in items {
-            add_store(&mut pipe, key, value, *ttl);
-        }
-        let stored: Vec<i64> = self
-            .run_pipe_with_scripts("SET (versioned, pipeline)", &pipe)
-            .await?;
-        Ok(stored.into_iter().map(|s| s == 1).collect())
-    }
-
     /// `UNLINK keys...` (a non-blocking `DEL`).
     pub async fn unlink(&self, keys: &[&str]) -> Result<(), Error> {
         if keys.is_empty() {

@@ -160,7 +160,8 @@ where
         if guard.is_void() {
             ctx.l1_remove(&full);
         } else {
-            ctx.l1_put(full, Some(Arc::new(value)), encoded.payload_len, ttl);
+            let life = ctx.lifetime_of_new(ttl, false);
+            ctx.l1_put(full, Some(Arc::new(value)), encoded.payload_len, life, 0);
         }
         ctx.core.metrics.write_behind_enqueued();
         Ok(())
