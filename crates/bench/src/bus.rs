@@ -3,7 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use clap::Args;
 use hdrhistogram::Histogram;
 use larder::{Cache, Policy};
@@ -97,11 +96,5 @@ pub async fn run(args: BusArgs) -> anyhow::Result<()> {
         "invalidate_ms": { "p50": ms(&publish_us, 0.5), "p99": ms(&publish_us, 0.99), "max": publish_us.max() as f64 / 1000.0 },
         "applied_in_b_ms": { "p50": ms(&applied_us, 0.5), "p99": ms(&applied_us, 0.99), "max": applied_us.max() as f64 / 1000.0 },
     });
-    if let Some(dir) = args.json.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&args.json, serde_json::to_string_pretty(&figures)?)
-        .context("writing the figures")?;
-    println!("\nfigures: {}", args.json.display());
-    Ok(())
+    crate::report::save_figures(&args.json, &figures)
 }

@@ -7,6 +7,7 @@ mod portfolio;
 mod report;
 mod scrape;
 mod service;
+mod stampede;
 mod write_behind;
 
 use clap::{Parser, Subcommand};
@@ -33,6 +34,9 @@ enum Scenario {
     /// Invalidation bus: time from `invalidate` in one process to the L1
     /// drop in another.
     Bus(bus::BusArgs),
+    /// Cache stampede: a cold key, a cold start and a hot key expiring
+    /// under load; larder vs the article's mutex-and-sleep, same run.
+    Stampede(stampede::StampedeArgs),
 }
 
 #[tokio::main]
@@ -41,5 +45,6 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Portfolio(args) => portfolio::run(args).await,
         Scenario::WriteBehind(args) => write_behind::run(args).await,
         Scenario::Bus(args) => bus::run(args).await,
+        Scenario::Stampede(args) => stampede::run(args).await,
     }
 }

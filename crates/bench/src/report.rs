@@ -1,5 +1,6 @@
 //! The article's before/after table, as text, JSON and an SVG picture.
 
+use anyhow::Context as _;
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -294,6 +295,18 @@ fn escape(s: &str) -> String {
 }
 
 /// CPU model, core count and memory, for the record.
+/// Writes a scenario's figures as pretty JSON to `path` (creating its
+/// folder) and says where.
+pub fn save_figures(path: &Path, figures: &serde_json::Value) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, serde_json::to_string_pretty(figures)?)
+        .with_context(|| format!("writing the figures to {}", path.display()))?;
+    println!("\nfigures: {}", path.display());
+    Ok(())
+}
+
 pub fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()

@@ -200,10 +200,5 @@ pub async fn run(args: WriteBehindArgs) -> anyhow::Result<()> {
         "rows_per_s_one_at_a_time": single,
         "speedup": batched / single,
     });
-    if let Some(dir) = args.json.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&args.json, serde_json::to_string_pretty(&figures)?)?;
-    println!("\nfigures: {}", args.json.display());
-    Ok(())
+    crate::report::save_figures(&args.json, &figures)
 }

@@ -9,8 +9,16 @@
 //!
 //! - **Cache-aside** with [`Family::get_or_load`]: L1 → Redis → loader, with
 //!   TTLs, jitter, and negative caching of "not found".
-//! - **Stampede protection** within a process: concurrent misses on one key
-//!   share one load (single-flight) instead of sleeping and retrying.
+//! - **Stampede protection**: concurrent misses on one key share one load,
+//!   within a process (single-flight) and across processes (a lease in Redis;
+//!   the others are woken by the fill's notification instead of sleeping and
+//!   retrying). Hot keys are refreshed shortly before they expire (XFetch,
+//!   [`Policy::early_refresh`]).
+//! - **No stale fill**: an invalidation voids the lease of every load in
+//!   flight, so a load that read the old row can never store it afterwards.
+//! - **Grace and fail-safe** ([`Policy::grace`]): past the TTL, the old value
+//!   is served at once while one refresh runs, and while the database is
+//!   down; [`Policy::soft_timeout`] and [`Policy::hard_timeout`] bound loads.
 //! - **Batch reads** with [`Family::get_many`]: one `MGET`, one loader call.
 //! - **Typed keys** ([`key`]): user input is escaped, so `*` or `a:b` in an id
 //!   can neither collide with another key nor widen a pattern.

@@ -178,24 +178,23 @@ async fn a_load_that_started_before_a_write_does_not_put_the_old_value_back() {
         .await;
         let items = cache.family::<u64, String>("item").unwrap();
         let (release, gate) = tokio::sync::oneshot::channel::<()>();
+        let (started_tx, started) = tokio::sync::oneshot::channel::<()>();
         let loading = tokio::spawn({
             let items = items.clone();
             async move {
                 items
                     .get_or_load(&1, || async move {
                         // Reads the old row, then stalls.
+                        let _ = started_tx.send(());
                         let _ = gate.await;
                         Ok::<_, std::io::Error>(Some("old row".to_string()))
                     })
                     .await
             }
         });
-        bounded("load gathering", async {
-            while items.waiting(&1) < 1 {
-                tokio::task::yield_now().await;
-            }
-        })
-        .await;
+        // The loader is running (not merely the caller waiting: before the
+        // loader, the load still looks in Redis and takes the lease).
+        bounded("loader started", started).await.unwrap();
         // The row changes and the writer updates the cache.
         items.set(&1, "new row".into()).await.unwrap();
         let _ = release.send(());

@@ -134,24 +134,26 @@ impl Ctx {
 
     /// Waits for the lease holder's fill notification; whether one came
     /// before the family's `lease_wait`. The caller looks again either way.
-    async fn wait_for_fill(&self, key: &str) -> bool {
+    async fn wait_for_fill(&self, key: &str, seen: &Seen) -> bool {
         let notify = self.shared.fill_waiters.for_key(key);
         let notified = notify.notified();
         tokio::pin!(notified);
         // Registered before looking again, so a fill or an invalidation
         // landing in between still wakes us. Looking again covers those
-        // that landed since the lease was found taken: the value is there,
-        // or the lease is gone (filled, voided or given back).
+        // that landed since the lease was found taken: the value is no
+        // longer what the caller saw, or the lease is gone (filled, voided
+        // or given back).
         notified.as_mut().enable();
         if let Some(l2) = &self.shared.l2 {
             let mut look = redis::pipe();
-            look.cmd("EXISTS")
+            look.cmd("GETRANGE")
                 .arg(key)
+                .arg(0)
+                .arg(seen.len().saturating_sub(1))
                 .cmd("EXISTS")
                 .arg(Self::lease_key(key));
-            if let Ok((true, _) | (_, false)) = l2
-                .run_pipe::<(bool, bool)>("EXISTS (lease wait)", &look)
-                .await
+            if let Ok((now, leased)) = l2.run_pipe::<(Vec<u8>, bool)>("lease wait", &look).await
+                && (now != *seen || !leased)
             {
                 return true;
             }
@@ -340,7 +342,7 @@ impl Ctx {
                     Lease::Unavailable => break,
                     Lease::Busy => {
                         self.core.metrics.lease_wait();
-                        if !self.wait_for_fill(&key).await {
+                        if !self.wait_for_fill(&key, &seen).await {
                             // The holder is slow or gone: load, uncached.
                             self.core.metrics.lease_timeout();
                             break;

@@ -89,6 +89,8 @@ impl From<larder::Error> for ApiError {
             // Only writes report Redis failures (reads fall back): a write
             // that needs Redis cannot be taken now.
             e @ larder::Error::Redis { .. } => ApiError::Unavailable(e.into()),
+            // The family's hard timeout: the database is too slow right now.
+            e @ larder::Error::Timeout { .. } => ApiError::Unavailable(e.into()),
             other => ApiError::Internal(other.into()),
         }
     }
