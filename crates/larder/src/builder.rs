@@ -5,12 +5,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::Error;
+use crate::breaker::BreakerSettings;
 use crate::bus::{self, ListenerSettings, Publisher};
 use crate::cache::{Cache, Families, Shared};
 use crate::flight::Flights;
 use crate::key::validate_namespace;
 use crate::notify::{self, Waiters};
 use crate::policy::{Policies, Policy};
+use crate::recovery::{self, Deferred};
 use crate::tier::memory::MemoryTier;
 use crate::tier::redis::{RedisSettings, RedisTier};
 
@@ -53,6 +55,7 @@ pub struct CacheBuilder {
     redis_url: Option<String>,
     redis_timeout: Duration,
     redis_connect_timeout: Duration,
+    redis_breaker: BreakerSettings,
     l1_max_bytes: u64,
     l1_max_ttl: Option<Option<Duration>>,
     max_key_len: usize,
@@ -81,6 +84,7 @@ impl Default for CacheBuilder {
             redis_url: None,
             redis_timeout: DEFAULT_REDIS_TIMEOUT,
             redis_connect_timeout: DEFAULT_REDIS_CONNECT_TIMEOUT,
+            redis_breaker: BreakerSettings::default(),
             l1_max_bytes: DEFAULT_L1_MAX_BYTES,
             l1_max_ttl: None,
             max_key_len: DEFAULT_MAX_KEY_LEN,
@@ -125,6 +129,16 @@ impl CacheBuilder {
     /// Timeout of each connection attempt (default 1 s).
     pub fn redis_connect_timeout(mut self, timeout: Duration) -> Self {
         self.redis_connect_timeout = timeout;
+        self
+    }
+
+    /// The circuit breaker in front of Redis: after
+    /// `failure_threshold` failures in a row (default 5) it opens for
+    /// `open_for` (1 s, doubling up to `max_open_for`, 30 s, while Redis keeps
+    /// failing), and every Redis call fails at once instead of waiting for
+    /// the timeout. See [`BreakerSettings`].
+    pub fn redis_breaker(mut self, settings: BreakerSettings) -> Self {
+        self.redis_breaker = settings;
         self
     }
 
@@ -242,6 +256,7 @@ impl CacheBuilder {
                     url: url.clone(),
                     op_timeout: self.redis_timeout,
                     connect_timeout: self.redis_connect_timeout,
+                    breaker: self.redis_breaker,
                 })
                 .await?,
             ),
@@ -294,8 +309,11 @@ impl CacheBuilder {
             })),
             _ => None,
         };
+        let breaker = l2.as_ref().map(|l2| Arc::clone(l2.breaker()));
         Ok(Cache {
-            shared: Arc::new(Shared {
+            // The recovery task holds the cache weakly: it must not keep a
+            // dropped cache alive, and dropping the cache stops it.
+            shared: Arc::new_cyclic(|weak| Shared {
                 namespace: self.namespace,
                 l1,
                 l1_max_ttl,
@@ -311,6 +329,8 @@ impl CacheBuilder {
                 fill_channel,
                 fill_waiters,
                 _fill_subscription: fill_subscription,
+                deferred: Deferred::default(),
+                _recovery: breaker.map(|breaker| recovery::spawn(weak.clone(), breaker)),
             }),
         })
     }

@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::Error;
+use crate::breaker::BreakerState;
 use crate::builder::CacheBuilder;
 use crate::bus::{Event, Listener, Publisher};
 use crate::family::{Family, FamilyCore};
@@ -17,6 +18,7 @@ use crate::flight::Flights;
 use crate::key::{KeyParts, KeyTemplate, tag_key};
 use crate::notify::{Subscription, Waiters};
 use crate::policy::CompiledPolicy;
+use crate::recovery::{Deferred, Recovery};
 use crate::tier::memory::MemoryTier;
 use crate::tier::redis::RedisTier;
 use crate::write_behind::MemoryQueue;
@@ -109,6 +111,11 @@ pub(crate) struct Shared {
     /// The subscription that wakes them (with Redis); held only to be
     /// dropped with the cache, which stops it.
     pub _fill_subscription: Option<Subscription>,
+    /// Invalidations waiting for Redis to answer again.
+    pub deferred: Deferred,
+    /// The task that replays them at each recovery (with Redis); stops
+    /// when dropped.
+    pub _recovery: Option<Recovery>,
 }
 
 impl Shared {
@@ -229,6 +236,8 @@ impl Cache {
     /// Costs one Redis round trip whatever the number of entries: the tag's
     /// version is incremented (entries record the versions they were loaded
     /// under and are stale once one moved on), and the bus tells every L1.
+    /// If Redis cannot be reached, this process's L1 entries still go, and
+    /// the increment is deferred until Redis answers again.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -288,7 +297,27 @@ impl Cache {
         if let Some(l1) = &shared.l1 {
             l1.invalidate_tag(&tag);
         }
-        result
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "tag invalidation deferred until redis answers");
+            shared.deferred.tag(&tag);
+        }
+        Ok(())
+    }
+
+    /// The state of the circuit breaker in front of Redis (`None` without
+    /// Redis). While it is open, reads go L1 → loader and writes skip Redis;
+    /// the `larder_redis_breaker_state` gauge carries the same (0 closed,
+    /// 1 half-open, 2 open).
+    pub fn redis_breaker(&self) -> Option<BreakerState> {
+        self.shared.l2.as_ref().map(|l2| l2.breaker().state())
+    }
+
+    /// Invalidations that could not reach Redis and wait to be replayed
+    /// when it answers again (`usize::MAX` once more than 100,000 piled up:
+    /// the replay then deletes every family's keys). Zero in normal
+    /// operation.
+    pub fn deferred_invalidations(&self) -> usize {
+        self.shared.deferred.len()
     }
 
     /// Waits until this process has applied every invalidation other
@@ -341,7 +370,7 @@ impl Cache {
 }
 
 /// How long a tag's version key lives after its last increment.
-const TAG_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+pub(crate) const TAG_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// The invalidation bus of one process.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -148,6 +148,11 @@ impl KeyLayout {
         }
     }
 
+    /// The pattern matching every key of the layout: each part a wildcard.
+    pub(crate) fn match_all(&self) -> String {
+        self.literals.join("*")
+    }
+
     /// The literal text every key of the layout starts with.
     pub(crate) fn prefix(&self) -> &str {
         self.literals.first().map_or("", |l| l)

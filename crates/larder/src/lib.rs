@@ -58,6 +58,7 @@
 
 #![warn(missing_docs)]
 
+mod breaker;
 mod builder;
 mod bus;
 mod cache;
@@ -69,10 +70,12 @@ pub mod key;
 mod metrics;
 mod notify;
 mod policy;
+mod recovery;
 mod scripts;
 mod tier;
 pub mod write_behind;
 
+pub use breaker::{BreakerSettings, BreakerState};
 pub use builder::{
     CacheBuilder, DEFAULT_L1_MAX_BYTES, DEFAULT_MAX_KEY_LEN, DEFAULT_REDIS_CONNECT_TIMEOUT,
     DEFAULT_REDIS_TIMEOUT,

@@ -176,7 +176,9 @@ async fn under_random_reads_and_writes_every_cached_value_ends_equal_to_the_data
                 let cached = cached.as_deref().map(String::as_str);
                 assert!(
                     cached == Some(truth.as_str()) || cached == Some("not cached"),
-                    "round {round}, key {id}, cache {i}: cached {cached:?}, database {truth:?}"
+                    "round {round}, key {id}, cache {i}: cached {cached:?}, database {truth:?} (redis errors {}, deferred {})",
+                    family.stats().redis_errors,
+                    caches[i].deferred_invalidations()
                 );
             }
         }

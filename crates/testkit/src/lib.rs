@@ -6,11 +6,13 @@
 //! database, and fail loudly, saying how to start the missing service, when
 //! one is not there. `./scripts/test` starts them (installing them if needed).
 
+mod fault_proxy;
 mod pg;
 mod redis_server;
 
 use std::time::Duration;
 
+pub use fault_proxy::{Fault, FaultProxy};
 pub use pg::TestDatabase;
 pub use redis_server::RedisServer;
 

@@ -33,6 +33,32 @@ impl RedisServer {
         self.child = spawn(self.port, &self.extra);
     }
 
+    /// Freezes the server (`SIGSTOP`): connections stay open and commands
+    /// go unanswered, as with a Redis that hangs rather than refuses.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaws a paused server (`SIGCONT`).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    /// Kills the server (`SIGKILL`) and leaves it down; `restart` brings a
+    /// new, empty one up on the same port.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run kill {signal}: {e}"));
+        assert!(status.success(), "kill {signal} redis-server failed");
+    }
+
     /// `redis://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
@@ -55,6 +81,7 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
+        // SIGKILL ends a paused (stopped) server too.
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

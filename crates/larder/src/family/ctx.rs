@@ -107,6 +107,29 @@ impl Ctx {
         }
     }
 
+    /// Puts a value in L1 unless `void` says an invalidation (or a newer
+    /// write) of the key came in since it was read. Checked again after the
+    /// put: an invalidation landing between the check and the put voids
+    /// first and drops L1 second, so whichever side of our put its drop
+    /// falls on, one of the two checks sees it.
+    pub fn l1_put_unless(
+        &self,
+        void: impl Fn() -> bool,
+        key: String,
+        value: Option<AnyValue>,
+        weight: usize,
+        life: Lifetime,
+        load_us: u32,
+    ) {
+        if void() {
+            return;
+        }
+        self.l1_put(key.clone(), value, weight, life, load_us);
+        if void() {
+            self.l1_remove(&key);
+        }
+    }
+
     pub fn l1_remove(&self, key: &str) {
         if let Some(l1) = &self.shared.l1 {
             l1.invalidate(key);

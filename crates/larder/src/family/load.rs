@@ -257,12 +257,20 @@ impl Ctx {
         }
         for f in live {
             // Checked again: an invalidation may have landed during the fill.
-            if guard.is_void(&f.key) || refused.contains(&f.key.as_str()) {
+            if refused.contains(&f.key.as_str()) {
                 continue;
             }
             let weight = f.encoded.as_ref().map_or(0, |e| e.payload_len);
             let life = self.lifetime_of_new(f.ttl, f.value.is_none());
-            self.l1_put(f.key.clone(), f.value.clone(), weight, life, f.load_us);
+            let void = || guard.is_void(&f.key);
+            self.l1_put_unless(
+                void,
+                f.key.clone(),
+                f.value.clone(),
+                weight,
+                life,
+                f.load_us,
+            );
         }
     }
 
@@ -303,9 +311,15 @@ impl Ctx {
                         weight,
                         ..
                     }) if mode.accepts(&lookup, &life) => {
-                        if !guard.is_void(&key) {
-                            self.l1_put(key.clone(), lookup.value.clone(), weight, life, load_us);
-                        }
+                        let void = || guard.is_void(&key);
+                        self.l1_put_unless(
+                            void,
+                            key.clone(),
+                            lookup.value.clone(),
+                            weight,
+                            life,
+                            load_us,
+                        );
                         if lookup.stale {
                             // Served stale; the refresh takes the loader.
                             self.spawn_refresh(key, loader, Duration::ZERO);
@@ -476,9 +490,15 @@ impl Ctx {
                         weight,
                         ..
                     } if !lookup.stale => {
-                        if !guard.is_void(&key) {
-                            self.l1_put(key.clone(), lookup.value.clone(), weight, life, load_us);
-                        }
+                        let void = || guard.is_void(&key);
+                        self.l1_put_unless(
+                            void,
+                            key.clone(),
+                            lookup.value.clone(),
+                            weight,
+                            life,
+                            load_us,
+                        );
                         found.insert(key, lookup);
                     }
                     L2Answer::Hit { seen, .. } => {

@@ -26,6 +26,8 @@ mod ctx;
 mod load;
 mod write;
 
+pub(crate) use write::unlink_matching;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;

@@ -20,7 +20,7 @@ use crate::bus::Event;
 use crate::codec::Meta;
 use crate::error::{BoxError, SourceError};
 use crate::key::{KeyParts, matches_pattern};
-use crate::tier::redis::add_store;
+use crate::tier::redis::{RedisTier, add_store};
 
 /// Keys asked of Redis per `SCAN` step of a pattern invalidation.
 const SCAN_COUNT: usize = 1000;
@@ -63,6 +63,7 @@ impl Ctx {
             Err(e) => {
                 self.core.metrics.redis_error();
                 self.l1_remove(&key);
+                self.shared.deferred.key(&key);
                 return Err(e);
             }
         };
@@ -105,16 +106,26 @@ impl Ctx {
                     Ok((redis::Value::Int(0),)) => false,
                     Ok(_) => true,
                     Err(e) => {
+                        // Redis may still hold the old value: delete it
+                        // when Redis answers again.
                         self.core.metrics.redis_error();
                         self.l1_remove(&key);
+                        self.shared.deferred.key(&key);
                         return Err(e);
                     }
                 }
             }
         };
-        if stored && !guard.is_void() {
+        if stored {
             let life = self.lifetime_of_new(ttl, false);
-            self.l1_put(key, Some(value), encoded.payload_len, life, 0);
+            self.l1_put_unless(
+                || guard.is_void(),
+                key,
+                Some(value),
+                encoded.payload_len,
+                life,
+                0,
+            );
         } else {
             // Redis holds a newer version, or a newer write or invalidation
             // came in meanwhile: ours must not linger in L1.
@@ -124,6 +135,8 @@ impl Ctx {
     }
 
     /// Deletes `key` from Redis (telling the other processes) and from L1.
+    /// If Redis cannot be reached, the deletion is deferred until it can
+    /// (see `recovery.rs`) and this still succeeds.
     pub async fn invalidate_key(&self, key: &str) -> Result<(), Error> {
         self.shared.flights.void(key);
         let result = match &self.shared.l2 {
@@ -147,10 +160,12 @@ impl Ctx {
             None => Ok(()),
         };
         self.l1_remove(key);
-        if result.is_err() {
+        if let Err(e) = result {
             self.core.metrics.redis_error();
+            tracing::debug!(family = %self.name(), error = %e, "invalidation deferred until redis answers");
+            self.shared.deferred.key(key);
         }
-        result
+        Ok(())
     }
 }
 
@@ -166,19 +181,21 @@ where
     /// For values the application just wrote to the database itself; prefer
     /// [`write_through`](Self::write_through) (database first) or
     /// [`set_versioned`](Self::set_versioned) when writers can race. Fails
-    /// with [`Error::ValueTooLarge`] over the family's size limit, and with
-    /// [`Error::Redis`] if Redis did not take it; in that case the L1 copy is
-    /// dropped too, so this process does not serve a value other processes
-    /// never saw.
+    /// with [`Error::ValueTooLarge`] over the family's size limit.
+    ///
+    /// If Redis cannot take it (down, or the circuit breaker open) the write
+    /// skips the cache without an error: the L1 copy is dropped (so this
+    /// process does not serve a value other processes never saw) and the
+    /// Redis copy is deleted once Redis answers again; the next read loads.
     pub async fn set(&self, key: &K, value: V) -> Result<(), Error> {
         if !self.cache.shared.enabled {
             return Ok(());
         }
         let key = self.key(key)?;
-        self.ctx()
-            .write(key, Arc::new(value), None)
-            .await
-            .map(|_| ())
+        match self.ctx().write(key, Arc::new(value), None).await {
+            Ok(_) | Err(Error::Redis { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Stores `value` as version `version` of `key`, unless a higher version
@@ -189,12 +206,18 @@ where
     ///
     /// Versions are the caller's, e.g. a row version or `updated_at` in
     /// microseconds; any increasing `u64` works.
+    ///
+    /// If Redis cannot take it, returns `Ok(false)` and behaves as
+    /// [`set`](Self::set) does: the key is deleted once Redis answers again.
     pub async fn set_versioned(&self, key: &K, value: V, version: u64) -> Result<bool, Error> {
         if !self.cache.shared.enabled {
             return Ok(false);
         }
         let key = self.key(key)?;
-        self.ctx().write(key, Arc::new(value), Some(version)).await
+        match self.ctx().write(key, Arc::new(value), Some(version)).await {
+            Err(Error::Redis { .. }) => Ok(false),
+            other => other,
+        }
     }
 
     /// Write-through: runs `persist` (the database write) first, and only if
@@ -204,9 +227,9 @@ where
     /// - `persist` fails → the cache is untouched and [`Error::Persist`]
     ///   carries its error.
     /// - the cache update fails after `persist` succeeded → the key is
-    ///   deleted instead (never left holding the old value), and the call
-    ///   still succeeds: the database has the write, and the next read
-    ///   loads it.
+    ///   deleted instead (never left holding the old value; if Redis is
+    ///   unreachable, as soon as it answers again), and the call still
+    ///   succeeds: the database has the write, and the next read loads it.
     /// - two writers race → Redis keeps the higher version, whatever order
     ///   their cache updates arrive in.
     ///
@@ -246,14 +269,15 @@ where
             return Ok(value);
         }
         let ctx = self.ctx();
-        if let Err(e) = ctx
+        match ctx
             .write(key.clone(), Arc::clone(&value), Some(written.version))
             .await
         {
-            tracing::warn!(family = %self.name(), error = %e, "write-through: cache update failed after the database write; deleting the key");
-            if let Err(e) = ctx.invalidate_key(&key).await {
-                // Redis is unreachable: its copy (if any) ages out by TTL.
-                tracing::warn!(family = %self.name(), error = %e, "write-through: could not delete the key either");
+            // Redis is unreachable: `write` deferred the key's deletion.
+            Ok(_) | Err(Error::Redis { .. }) => {}
+            Err(e) => {
+                tracing::warn!(family = %self.name(), error = %e, "write-through: cache update failed after the database write; deleting the key");
+                ctx.invalidate_key(&key).await?;
             }
         }
         Ok(value)
@@ -264,8 +288,10 @@ where
     /// here does not put its (possibly older) result back.
     ///
     /// Call it after the database write commits. If Redis cannot be reached
-    /// the L1 copy is still dropped and [`Error::Redis`] is returned: the
-    /// Redis copy may be stale until its TTL.
+    /// (down, or the circuit breaker open) the L1 copy is still dropped, the
+    /// call still succeeds, and the Redis copy is deleted (and the other
+    /// processes told) as soon as Redis answers again; see
+    /// [`Cache::deferred_invalidations`](crate::Cache::deferred_invalidations).
     pub async fn invalidate(&self, key: &K) -> Result<(), Error> {
         if !self.cache.shared.enabled {
             return Ok(());
@@ -314,45 +340,60 @@ where
             .void_matching(|k| matches_pattern(&pattern, k));
         let mut deleted = 0u64;
         if let Some(l2) = &shared.l2 {
-            let mut cursor = 0u64;
-            loop {
-                let (next, keys): (u64, Vec<String>) = l2
-                    .run(
-                        "SCAN",
-                        redis::cmd("SCAN")
-                            .arg(cursor)
-                            .arg("MATCH")
-                            .arg(format!("{pattern}*"))
-                            .arg("COUNT")
-                            .arg(SCAN_COUNT),
-                    )
-                    .await?;
-                let mine: Vec<&str> = keys
-                    .iter()
-                    .map(String::as_str)
-                    // A glob `*` also matches `:`; only keys of this family's
-                    // exact shape, and the leases of loads in progress (so
-                    // that they cannot store what they read before this).
-                    .filter(|k| matches_pattern(&pattern, k.strip_suffix(":lease").unwrap_or(k)))
-                    .collect();
-                if !mine.is_empty() {
-                    l2.unlink(&mine).await?;
-                    deleted += mine.iter().filter(|k| !k.ends_with(":lease")).count() as u64;
+            let delivered = async {
+                deleted = unlink_matching(l2, &pattern).await?;
+                if let Some(bus) = &shared.bus {
+                    let mut pipe = redis::pipe();
+                    bus.add(&mut pipe, &Event::Pattern(pattern.clone()));
+                    l2.run_pipe::<()>("XADD", &pipe).await?;
                 }
-                cursor = next;
-                if cursor == 0 {
-                    break;
-                }
-            }
-            if let Some(bus) = &shared.bus {
-                let mut pipe = redis::pipe();
-                bus.add(&mut pipe, &Event::Pattern(pattern.clone()));
-                l2.run_pipe::<()>("XADD", &pipe).await?;
+                Ok::<(), Error>(())
+            };
+            if let Err(e) = delivered.await {
+                self.core.metrics.redis_error();
+                tracing::debug!(family = %self.name(), error = %e, "pattern invalidation deferred until redis answers");
+                shared.deferred.pattern(&pattern);
             }
         }
         if let Some(l1) = &shared.l1 {
             l1.invalidate_pattern(&pattern);
         }
         Ok(deleted)
+    }
+}
+
+/// Deletes every key matching `pattern` (`SCAN` + `UNLINK` in batches,
+/// never `KEYS`), and the leases of loads in progress on them, so that those
+/// cannot store what they read before. Returns how many values it deleted.
+pub(crate) async fn unlink_matching(l2: &RedisTier, pattern: &str) -> Result<u64, Error> {
+    let mut deleted = 0u64;
+    let mut cursor = 0u64;
+    loop {
+        let (next, keys): (u64, Vec<String>) = l2
+            .run(
+                "SCAN",
+                redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(format!("{pattern}*"))
+                    .arg("COUNT")
+                    .arg(SCAN_COUNT),
+            )
+            .await?;
+        let mine: Vec<&str> = keys
+            .iter()
+            .map(String::as_str)
+            // A glob `*` also matches `:`; only keys of the pattern's exact
+            // shape, and their leases.
+            .filter(|k| matches_pattern(pattern, k.strip_suffix(":lease").unwrap_or(k)))
+            .collect();
+        if !mine.is_empty() {
+            l2.unlink(&mine).await?;
+            deleted += mine.iter().filter(|k| !k.ends_with(":lease")).count() as u64;
+        }
+        cursor = next;
+        if cursor == 0 {
+            return Ok(deleted);
+        }
     }
 }

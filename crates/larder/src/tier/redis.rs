@@ -13,11 +13,13 @@
 //! does not care which one runs them.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, FromRedisValue, Pipeline};
 
+use crate::breaker::{Admission, Breaker, BreakerSettings};
 use crate::{Error, scripts};
 
 /// How the tier reaches Redis.
@@ -32,6 +34,7 @@ pub(crate) struct RedisSettings {
     pub url: String,
     pub op_timeout: Duration,
     pub connect_timeout: Duration,
+    pub breaker: BreakerSettings,
 }
 
 /// The L2 tier.
@@ -39,6 +42,7 @@ pub(crate) struct RedisTier {
     backend: Backend,
     client: redis::Client,
     op_timeout: Duration,
+    breaker: Arc<Breaker>,
 }
 
 impl RedisTier {
@@ -78,6 +82,7 @@ impl RedisTier {
             backend: Backend::Standalone(conn),
             client,
             op_timeout: settings.op_timeout,
+            breaker: Arc::new(Breaker::new(settings.breaker, settings.op_timeout)),
         };
         // Bounded by connect + op timeouts, so a dead Redis delays start-up by
         // about a second at most.
@@ -121,13 +126,30 @@ impl RedisTier {
         Ok(tier)
     }
 
-    /// Runs a Redis future under the op timeout, mapping its error.
+    /// Runs a Redis future under the op timeout and the circuit breaker,
+    /// mapping its error. With the breaker open it fails at once, without
+    /// polling the future (no I/O).
     async fn bounded<T>(
         &self,
         op: &'static str,
         fut: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, Error> {
-        match tokio::time::timeout(self.op_timeout, fut).await {
+        let admission = self.breaker.admit();
+        if admission == Admission::Reject {
+            return Err(Error::Redis {
+                op,
+                reason: "circuit breaker open (redis failed repeatedly; probing again shortly)"
+                    .into(),
+            });
+        }
+        let outcome = tokio::time::timeout(self.op_timeout, fut).await;
+        let healthy = match &outcome {
+            Ok(Ok(_)) => true,
+            Ok(Err(e)) => answered(e),
+            Err(_) => false,
+        };
+        self.breaker.record(admission, healthy);
+        match outcome {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(Error::Redis {
                 op,
@@ -135,6 +157,11 @@ impl RedisTier {
             }),
             Err(_) => Err(self.timed_out(op)),
         }
+    }
+
+    /// The circuit breaker in front of this tier.
+    pub fn breaker(&self) -> &Arc<Breaker> {
+        &self.breaker
     }
 
     fn conn(&self) -> ConnectionManager {
@@ -232,6 +259,22 @@ impl RedisTier {
         self.run::<i64>("UNLINK", redis::cmd("UNLINK").arg(keys))
             .await
             .map(|_| ())
+    }
+}
+
+/// Whether an error is Redis answering (an error reply from a healthy
+/// server: a wrong type, a missing script, a refused command) rather than
+/// Redis failing (no answer, a dropped connection, a server that is loading,
+/// read-only after a failover, or stuck in a script).
+fn answered(e: &redis::RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind as S};
+    match e.kind() {
+        ErrorKind::Server(
+            S::BusyLoading | S::TryAgain | S::ClusterDown | S::MasterDown | S::ReadOnly,
+        ) => false,
+        ErrorKind::Server(_) | ErrorKind::Parse | ErrorKind::UnexpectedReturnType => true,
+        ErrorKind::Extension => e.code() != Some("BUSY"),
+        _ => false,
     }
 }
 

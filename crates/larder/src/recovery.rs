@@ -1,0 +1,337 @@
+//! What happens to invalidations while Redis is unreachable, and after.
+//!
+//! A write or an invalidation that cannot reach Redis (it failed, or the
+//! breaker is open) still drops this process's L1 copy at once, and is
+//! *deferred*: its key, tag or pattern goes into a bounded journal, and the
+//! call returns without an error (the database has the write; the caller has
+//! nothing better to do than carry on). When the breaker closes again, the
+//! journal is replayed — the Redis copies deleted, the tags bumped, the
+//! other processes told through the bus — and then this process's whole L1
+//! is flushed, since its bus connection may have missed other processes'
+//! invalidations meanwhile. Until the replay, processes that still reach
+//! Redis may serve the old value there: for at most the outage, and never
+//! beyond the entry's TTL.
+//!
+//! Past `MAX_DEFERRED` distinct entries the journal stops listing them and
+//! the replay deletes every family's keys instead (a pattern per family).
+//! A process that dies with a non-empty journal loses it: the Redis copies
+//! then age out by their TTL.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, Weak};
+
+use tokio::task::JoinHandle;
+
+use crate::Error;
+use crate::breaker::Breaker;
+use crate::breaker::BreakerState;
+use crate::bus::Event;
+use crate::cache::{Shared, TAG_TTL};
+use crate::family::unlink_matching;
+use crate::key::KeyLayout;
+
+/// The most keys, tags and patterns the journal lists before it gives up
+/// listing and replays as "everything".
+pub(crate) const MAX_DEFERRED: usize = 100_000;
+
+/// Invalidations per replay round trip.
+const REPLAY_BATCH: usize = 500;
+
+/// How often the task looks in: to retry invalidations deferred by a lone
+/// failure (the breaker stayed closed: no recovery will announce itself),
+/// and to probe an open breaker when no request does.
+const TICK: std::time::Duration = std::time::Duration::from_millis(250);
+
+#[derive(Default)]
+struct Journal {
+    keys: HashSet<String>,
+    tags: HashSet<String>,
+    patterns: HashSet<String>,
+    /// More than `MAX_DEFERRED` were deferred: replay deletes everything.
+    overflowed: bool,
+}
+
+impl Journal {
+    fn len(&self) -> usize {
+        self.keys.len() + self.tags.len() + self.patterns.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0 && !self.overflowed
+    }
+
+    fn absorb(&mut self, other: Journal) {
+        self.overflowed |= other.overflowed;
+        if self.overflowed {
+            self.clear_lists();
+            return;
+        }
+        self.keys.extend(other.keys);
+        self.tags.extend(other.tags);
+        self.patterns.extend(other.patterns);
+        self.check_size();
+    }
+
+    fn check_size(&mut self) {
+        if self.len() > MAX_DEFERRED {
+            self.overflowed = true;
+            self.clear_lists();
+        }
+    }
+
+    fn clear_lists(&mut self) {
+        self.keys = HashSet::new();
+        self.tags = HashSet::new();
+        self.patterns = HashSet::new();
+    }
+}
+
+/// The invalidations waiting for Redis.
+#[derive(Default)]
+pub(crate) struct Deferred {
+    journal: Mutex<Journal>,
+}
+
+impl Deferred {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Journal> {
+        self.journal.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn add(&self, what: &'static str, insert: impl FnOnce(&mut Journal) -> bool) {
+        let mut journal = self.lock();
+        if journal.overflowed {
+            return;
+        }
+        if insert(&mut journal) {
+            metrics::counter!("larder_invalidations_deferred_total", "kind" => what).increment(1);
+            journal.check_size();
+        }
+    }
+
+    /// Defers the deletion of `key` (a full Redis key).
+    pub fn key(&self, key: &str) {
+        self.add("key", |j| j.keys.insert(key.to_owned()));
+    }
+
+    /// Defers the bump of tag key `tag`.
+    pub fn tag(&self, tag: &str) {
+        self.add("tag", |j| j.tags.insert(tag.to_owned()));
+    }
+
+    /// Defers the deletion of every key matching `pattern`.
+    pub fn pattern(&self, pattern: &str) {
+        self.add("pattern", |j| j.patterns.insert(pattern.to_owned()));
+    }
+
+    /// How many are waiting (`usize::MAX` once it overflowed).
+    pub fn len(&self) -> usize {
+        let journal = self.lock();
+        if journal.overflowed {
+            usize::MAX
+        } else {
+            journal.len()
+        }
+    }
+
+    fn take(&self) -> Journal {
+        std::mem::take(&mut *self.lock())
+    }
+
+    /// Puts back what a failed replay did not finish.
+    fn restore(&self, undone: Journal) {
+        self.lock().absorb(undone);
+    }
+}
+
+/// The task that replays the journal at each recovery; stops when dropped.
+pub(crate) struct Recovery {
+    task: JoinHandle<()>,
+}
+
+impl Drop for Recovery {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts the recovery task of the cache behind `shared`.
+pub(crate) fn spawn(shared: Weak<Shared>, breaker: Arc<Breaker>) -> Recovery {
+    let task = tokio::spawn(async move {
+        // Registered before each recovery is handled, so that one landing
+        // while the previous replay runs is not missed.
+        let mut next = Box::pin(breaker.recovered());
+        next.as_mut().enable();
+        loop {
+            let recovered = tokio::select! {
+                _ = next.as_mut() => true,
+                _ = tokio::time::sleep(TICK) => false,
+            };
+            if recovered {
+                next.set(breaker.recovered());
+                next.as_mut().enable();
+            }
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            match (recovered, breaker.state()) {
+                (true, _) => recover(&shared).await,
+                (false, BreakerState::Closed) => {
+                    if shared.deferred.len() > 0 {
+                        retry(&shared).await;
+                    }
+                }
+                // Open: a PING, which the breaker lets through as its probe
+                // once it is due (and refuses before, without I/O). Without
+                // it, a process with no traffic would stay open.
+                (false, _) => {
+                    if let Some(l2) = &shared.l2 {
+                        let _ = l2.run::<String>("PING (probe)", &redis::cmd("PING")).await;
+                    }
+                }
+            }
+        }
+    });
+    Recovery { task }
+}
+
+/// Replays what is deferred; what fails stays for the next try.
+async fn retry(shared: &Shared) -> (usize, bool) {
+    let journal = shared.deferred.take();
+    let (count, overflowed) = (journal.len(), journal.overflowed);
+    if !journal.is_empty()
+        && let Err((e, undone)) = replay(shared, journal).await
+    {
+        tracing::warn!(error = %e, "replaying deferred invalidations failed; will try again");
+        shared.deferred.restore(undone);
+    }
+    (count, overflowed)
+}
+
+/// After an outage: replay the journal, then flush L1.
+async fn recover(shared: &Shared) {
+    let (replayed, overflowed) = retry(shared).await;
+    if let Some(l1) = &shared.l1 {
+        l1.invalidate_all();
+    }
+    metrics::counter!("larder_redis_recoveries_total").increment(1);
+    tracing::info!(
+        replayed,
+        overflowed,
+        "redis recovered: deferred invalidations replayed, in-process tier flushed"
+    );
+}
+
+/// Delivers the journal. On failure, returns what is still undone.
+async fn replay(shared: &Shared, mut journal: Journal) -> Result<(), (Error, Journal)> {
+    let Some(l2) = &shared.l2 else {
+        return Ok(());
+    };
+    if journal.overflowed {
+        // Everything: each family's keys, by a pattern of wildcards.
+        let patterns: Vec<String> = shared
+            .policies
+            .values()
+            .map(|p| KeyLayout::full(&shared.namespace, &p.template).match_all())
+            .collect();
+        for pattern in patterns {
+            journal.patterns.insert(pattern);
+        }
+        journal.overflowed = false;
+        if let Some(l1) = &shared.l1 {
+            l1.invalidate_all();
+        }
+    }
+    let keys: Vec<String> = journal.keys.iter().cloned().collect();
+    for batch in keys.chunks(REPLAY_BATCH) {
+        let mut pipe = redis::pipe();
+        for key in batch {
+            pipe.cmd("UNLINK")
+                .arg(key)
+                .arg(format!("{key}:lease"))
+                .ignore();
+            pipe.cmd("PUBLISH")
+                .arg(&shared.fill_channel)
+                .arg(key)
+                .ignore();
+            if let Some(bus) = &shared.bus {
+                bus.add(&mut pipe, &Event::Key(key.clone()));
+            }
+        }
+        if let Err(e) = l2.run_pipe::<()>("UNLINK (replay)", &pipe).await {
+            return Err((e, journal));
+        }
+        for key in batch {
+            journal.keys.remove(key);
+        }
+    }
+    let tags: Vec<String> = journal.tags.iter().cloned().collect();
+    for batch in tags.chunks(REPLAY_BATCH) {
+        let mut pipe = redis::pipe();
+        for tag in batch {
+            pipe.cmd("INCR").arg(tag).ignore();
+            pipe.cmd("PEXPIRE")
+                .arg(tag)
+                .arg(TAG_TTL.as_millis() as u64)
+                .ignore();
+            if let Some(bus) = &shared.bus {
+                bus.add(&mut pipe, &Event::Tag(tag.clone()));
+            }
+        }
+        if let Err(e) = l2.run_pipe::<()>("INCR (replay)", &pipe).await {
+            return Err((e, journal));
+        }
+        for tag in batch {
+            journal.tags.remove(tag);
+        }
+    }
+    let patterns: Vec<String> = journal.patterns.iter().cloned().collect();
+    for pattern in patterns {
+        let delivered = async {
+            unlink_matching(l2, &pattern).await?;
+            if let Some(bus) = &shared.bus {
+                let mut pipe = redis::pipe();
+                bus.add(&mut pipe, &Event::Pattern(pattern.clone()));
+                l2.run_pipe::<()>("XADD (replay)", &pipe).await?;
+            }
+            Ok::<(), Error>(())
+        };
+        if let Err(e) = delivered.await {
+            return Err((e, journal));
+        }
+        journal.patterns.remove(&pattern);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_journal_is_bounded_and_overflows_to_everything() {
+        let deferred = Deferred::default();
+        for i in 0..MAX_DEFERRED {
+            deferred.key(&format!("k{i}"));
+        }
+        deferred.key("k0"); // already listed
+        assert_eq!(deferred.len(), MAX_DEFERRED);
+        deferred.tag("one too many");
+        assert_eq!(deferred.len(), usize::MAX, "overflowed");
+        let journal = deferred.take();
+        assert!(journal.overflowed && journal.keys.is_empty());
+        assert_eq!(deferred.len(), 0);
+    }
+
+    #[test]
+    fn what_a_failed_replay_left_is_kept_with_what_came_since() {
+        let deferred = Deferred::default();
+        deferred.key("a");
+        let mut undone = deferred.take();
+        deferred.key("b");
+        undone.tags.insert("t".into());
+        deferred.restore(undone);
+        let journal = deferred.take();
+        assert_eq!(journal.keys.len(), 2);
+        assert_eq!(journal.tags.len(), 1);
+    }
+}
