@@ -41,7 +41,7 @@ pub struct BreakerSettings {
     /// How long it stays open before probing (default 1 s).
     pub open_for: Duration,
     /// The longest it stays open, as failed probes double `open_for`
-    /// (default 30 s).
+    /// (default 5 s: the longest a recovered Redis goes unused).
     pub max_open_for: Duration,
 }
 
@@ -50,7 +50,7 @@ impl Default for BreakerSettings {
         BreakerSettings {
             failure_threshold: 5,
             open_for: Duration::from_secs(1),
-            max_open_for: Duration::from_secs(30),
+            max_open_for: Duration::from_secs(5),
         }
     }
 }

@@ -56,6 +56,7 @@ pub struct CacheBuilder {
     redis_timeout: Duration,
     redis_connect_timeout: Duration,
     redis_breaker: BreakerSettings,
+    redis_tls_root_cert: Option<Vec<u8>>,
     l1_max_bytes: u64,
     l1_max_ttl: Option<Option<Duration>>,
     max_key_len: usize,
@@ -85,6 +86,7 @@ impl Default for CacheBuilder {
             redis_timeout: DEFAULT_REDIS_TIMEOUT,
             redis_connect_timeout: DEFAULT_REDIS_CONNECT_TIMEOUT,
             redis_breaker: BreakerSettings::default(),
+            redis_tls_root_cert: None,
             l1_max_bytes: DEFAULT_L1_MAX_BYTES,
             l1_max_ttl: None,
             max_key_len: DEFAULT_MAX_KEY_LEN,
@@ -134,11 +136,30 @@ impl CacheBuilder {
 
     /// The circuit breaker in front of Redis: after
     /// `failure_threshold` failures in a row (default 5) it opens for
-    /// `open_for` (1 s, doubling up to `max_open_for`, 30 s, while Redis keeps
+    /// `open_for` (1 s, doubling up to `max_open_for`, 5 s, while Redis keeps
     /// failing), and every Redis call fails at once instead of waiting for
     /// the timeout. See [`BreakerSettings`].
     pub fn redis_breaker(mut self, settings: BreakerSettings) -> Self {
         self.redis_breaker = settings;
+        self
+    }
+
+    /// Trusts these PEM root certificates for `rediss://` instead of the
+    /// system's: for a Redis whose certificate a private CA signed. The
+    /// server's certificate is verified either way (there is no switch to
+    /// turn verification off).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cache = larder::Cache::builder()
+    ///     .redis_url("rediss://cache.internal:6380")
+    ///     .redis_tls_root_cert(std::fs::read("/etc/ssl/private-ca.pem")?)
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn redis_tls_root_cert(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.redis_tls_root_cert = Some(pem.into());
         self
     }
 
@@ -257,6 +278,7 @@ impl CacheBuilder {
                     op_timeout: self.redis_timeout,
                     connect_timeout: self.redis_connect_timeout,
                     breaker: self.redis_breaker,
+                    tls_root_cert: self.redis_tls_root_cert.clone(),
                 })
                 .await?,
             ),
@@ -330,6 +352,7 @@ impl CacheBuilder {
                 fill_waiters,
                 _fill_subscription: fill_subscription,
                 deferred: Deferred::default(),
+                orphaned_leases: Default::default(),
                 _recovery: breaker.map(|breaker| recovery::spawn(weak.clone(), breaker)),
             }),
         })

@@ -13,7 +13,7 @@ use crate::Error;
 use crate::breaker::BreakerState;
 use crate::builder::CacheBuilder;
 use crate::bus::{Event, Listener, Publisher};
-use crate::family::{Family, FamilyCore};
+use crate::family::{Family, FamilyCore, OrphanedLeases};
 use crate::flight::Flights;
 use crate::key::{KeyParts, KeyTemplate, tag_key};
 use crate::notify::{Subscription, Waiters};
@@ -113,6 +113,8 @@ pub(crate) struct Shared {
     pub _fill_subscription: Option<Subscription>,
     /// Invalidations waiting for Redis to answer again.
     pub deferred: Deferred,
+    /// Leases this process could not fill or give back.
+    pub orphaned_leases: OrphanedLeases,
     /// The task that replays them at each recovery (with Redis); stops
     /// when dropped.
     pub _recovery: Option<Recovery>,

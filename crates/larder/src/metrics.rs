@@ -32,6 +32,10 @@
 //! | `larder_write_behind_queue_length` | gauge | `family` (entries waiting or in progress) |
 //! | `larder_write_behind_lag_seconds` | gauge | `family` (age of the oldest) |
 //! | `larder_bus_events_total`, `larder_bus_flushes_total{reason}`, `larder_bus_reconnects_total` | counter | the invalidation bus |
+//! | `larder_redis_breaker_state` | gauge | 0 closed, 1 half-open, 2 open |
+//! | `larder_redis_breaker_transitions_total` | counter | `to` = `open` / `half_open` / `closed` |
+//! | `larder_redis_recoveries_total` | counter | recoveries after an outage (journal replayed, L1 flushed) |
+//! | `larder_invalidations_deferred_total` | counter | `kind` = `key` / `tag` / `pattern` (waiting for Redis) |
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
@@ -152,6 +156,22 @@ pub(crate) struct FamilyMetrics {
 
 /// Registers descriptions once per process; harmless to repeat.
 pub(crate) fn describe() {
+    metrics::describe_gauge!(
+        "larder_redis_breaker_state",
+        "Circuit breaker in front of Redis: 0 closed, 1 half-open, 2 open."
+    );
+    describe_counter!(
+        "larder_redis_breaker_transitions_total",
+        "Circuit breaker transitions, by the state entered."
+    );
+    describe_counter!(
+        "larder_redis_recoveries_total",
+        "Recoveries after a Redis outage: deferred invalidations replayed, L1 flushed."
+    );
+    describe_counter!(
+        "larder_invalidations_deferred_total",
+        "Invalidations that could not reach Redis and wait to be replayed, by kind."
+    );
     describe_counter!(
         "larder_cache_requests_total",
         "Cache requests by family and result (hit_l1, hit_l2, stale, miss, negative_hit)."

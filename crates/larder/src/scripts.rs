@@ -164,17 +164,29 @@ return 0
 /// (which the fill's deleted lease would otherwise let through) means there
 /// is nothing to load.
 ///
+/// A lease this process took earlier and could not fill or give back (the
+/// fill's reply was lost with Redis's connection) is *orphaned*: nobody will
+/// fill it, so the caller that knows its token takes it over instead of
+/// waiting for it to expire.
+///
 /// KEYS[1] value key, KEYS[2] lease key. ARGV[1] lease token, ARGV[2] lease
 /// TTL ms, ARGV[3] the first bytes of the value as the caller read it
-/// (empty: there was none). Returns 1 if the lease is taken, 0 if another
-/// holds it, 2 if the value changed (look again).
+/// (empty: there was none), ARGV[4..] the tokens of this process's orphaned
+/// leases on the key (none: no orphans). Returns 1 if the lease is taken,
+/// 0 if another holds it, 2 if the value changed (look again).
 pub(crate) static LEASE: LazyLock<redis::Script> = LazyLock::new(|| {
     with_prelude(
         r#"
 if redis.call('GETRANGE', KEYS[1], 0, #ARGV[3] > 0 and #ARGV[3] - 1 or 0) ~= ARGV[3] then
   return 2
 end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+local cur = redis.call('GET', KEYS[2])
+local mine = not cur
+for i = 4, #ARGV do
+  if cur == ARGV[i] then mine = true end
+end
+if mine then
+  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
   return 1
 end
 return 0

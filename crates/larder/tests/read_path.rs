@@ -670,7 +670,11 @@ async fn password_and_acl_users_authenticate_and_never_leak() {
     assert_eq!(got.as_deref(), Some(&item(2)));
     assert!(items.stats().redis_errors > 0);
     items.invalidate(&2).await.expect("deferred, not an error");
-    assert_eq!(cache.deferred_invalidations(), 1, "a wrong password cannot unlink");
+    assert_eq!(
+        cache.deferred_invalidations(),
+        1,
+        "a wrong password cannot unlink"
+    );
     // A write-behind write has nowhere durable to go: its error is the one
     // that reaches the caller, and it must not carry the secret either.
     let queued = Cache::builder()
@@ -681,7 +685,12 @@ async fn password_and_acl_users_authenticate_and_never_leak() {
         .build()
         .await
         .unwrap();
-    match queued.family::<u64, Item>("item").unwrap().write_behind(&3, item(3)).await {
+    match queued
+        .family::<u64, Item>("item")
+        .unwrap()
+        .write_behind(&3, item(3))
+        .await
+    {
         Err(e) => {
             assert!(!e.to_string().contains("not-the-password"), "{e}");
             assert!(!format!("{e:?}").contains("not-the-password"), "{e:?}");

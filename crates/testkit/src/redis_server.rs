@@ -10,19 +10,124 @@ pub struct RedisServer {
     child: Child,
     port: u16,
     extra: Vec<String>,
+    /// Certificates of a TLS server, deleted with it.
+    files: Option<std::path::PathBuf>,
 }
 
 impl RedisServer {
     /// Starts a server with persistence off and waits until it logs that it
     /// accepts connections. `extra` are more `--option value` arguments.
     pub fn start(extra: &[&str]) -> RedisServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .unwrap_or_else(|e| panic!("no free loopback port: {e}"));
+        let port = free_port();
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let child = spawn(port, &extra);
-        RedisServer { child, port, extra }
+        RedisServer {
+            child,
+            port,
+            extra,
+            files: None,
+        }
+    }
+
+    /// Starts a server that speaks only TLS on its port, with a certificate
+    /// for `127.0.0.1` signed by a throwaway CA (made with the `openssl`
+    /// command). Returns the server and the CA certificate (PEM) to trust.
+    pub fn start_tls() -> (RedisServer, Vec<u8>) {
+        let dir = std::env::temp_dir().join(format!("larder-tls-{:016x}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+        let path = |name: &str| dir.join(name).display().to_string();
+        std::fs::write(path("san.ext"), "subjectAltName=IP:127.0.0.1\n")
+            .expect("temp dir is writable");
+        let steps: [&[&str]; 3] = [
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=larder test CA",
+                "-keyout",
+                &path("ca.key"),
+                "-out",
+                &path("ca.crt"),
+            ],
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=127.0.0.1",
+                "-keyout",
+                &path("server.key"),
+                "-out",
+                &path("server.csr"),
+            ],
+            &[
+                "x509",
+                "-req",
+                "-days",
+                "1",
+                "-in",
+                &path("server.csr"),
+                "-CA",
+                &path("ca.crt"),
+                "-CAkey",
+                &path("ca.key"),
+                "-CAcreateserial",
+                "-extfile",
+                &path("san.ext"),
+                "-out",
+                &path("server.crt"),
+            ],
+        ];
+        for args in steps {
+            let status = Command::new("openssl")
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .unwrap_or_else(|e| panic!("cannot run openssl ({e}): apt-get install openssl"));
+            assert!(status.success(), "openssl {args:?} failed");
+        }
+        let port = free_port();
+        let extra: Vec<String> = [
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            &path("server.crt"),
+            "--tls-key-file",
+            &path("server.key"),
+            "--tls-ca-cert-file",
+            &path("ca.crt"),
+            "--tls-auth-clients",
+            "no",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let child = spawn(port, &extra);
+        let ca = std::fs::read(path("ca.crt")).expect("openssl wrote the CA certificate");
+        (
+            RedisServer {
+                child,
+                port,
+                extra,
+                files: Some(dir),
+            },
+            ca,
+        )
+    }
+
+    /// `rediss://127.0.0.1:<port>`, for a server from `start_tls`.
+    pub fn tls_url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.port)
     }
 
     /// Kills the server and starts a new, empty one on the same port (a new
@@ -84,7 +189,17 @@ impl Drop for RedisServer {
         // SIGKILL ends a paused (stopped) server too.
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(dir) = &self.files {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free loopback port: {e}"))
 }
 
 /// Runs `redis-server` on `port` and waits until it accepts connections.

@@ -105,8 +105,8 @@ pub struct Background {
 
 impl Background {
     /// Starts the watchlist worker (one multi-row upsert per batch) and the
-    /// price feed.
-    pub fn start(state: &AppState, price_updates_per_sec: u32) -> Background {
+    /// price feed (at `price_updates_per_sec`; 0: none).
+    pub fn start(state: &AppState, price_updates_per_sec: u32, claim_idle: Duration) -> Background {
         let db = state.db.clone();
         let worker = state
             .cache
@@ -117,6 +117,7 @@ impl Background {
                     async move { db.upsert_watchlists(&batch).await }
                 },
             )
+            .claim_idle(claim_idle)
             .start();
         Background {
             worker,
@@ -168,7 +169,11 @@ pub async fn prepare(args: &ServeArgs) -> anyhow::Result<AppState> {
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let state = prepare(&args).await?;
     let upkeep = telemetry::spawn_upkeep(state.metrics.clone());
-    let background = Background::start(&state, args.price_updates_per_sec);
+    let background = Background::start(
+        &state,
+        args.price_updates_per_sec,
+        args.write_behind_claim_idle,
+    );
     let listener = TcpListener::bind(args.addr)
         .await
         .with_context(|| format!("cannot listen on {}", args.addr))?;
@@ -207,7 +212,7 @@ pub async fn worker_command(args: ServeArgs) -> anyhow::Result<()> {
     let db = Db::connect(&args.db).await?;
     db.migrate().await?;
     let state = AppState::new(&args, db).await?;
-    let background = Background::start(&state, 0);
+    let background = Background::start(&state, 0, args.write_behind_claim_idle);
     tracing::info!("write-behind worker running; Ctrl-C or SIGTERM drains and stops it");
     println!("larder write-behind worker running (watchlists)");
     shutdown_signal().await;

@@ -107,6 +107,11 @@ pub struct ServeArgs {
     /// Longest a request may take before it is answered with 503.
     #[arg(long, env = "LARDER_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub request_timeout: Duration,
+
+    /// How long a queued watchlist write may sit unacknowledged in a worker
+    /// that stopped answering before another worker takes it over.
+    #[arg(long, env = "LARDER_WRITE_BEHIND_CLAIM_IDLE", default_value = "30s", value_parser = parse_duration)]
+    pub write_behind_claim_idle: Duration,
 }
 
 /// Settings of the `seed` command.

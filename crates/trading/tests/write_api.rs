@@ -61,7 +61,7 @@ async fn a_watchlist_write_is_read_back_at_once_and_reaches_the_database() {
             "{setup:?}: not yet in the database"
         );
 
-        let background = Background::start(&state, 0);
+        let background = Background::start(&state, 0, Duration::from_secs(30));
         let (_, _) = send(
             &router,
             "PUT",

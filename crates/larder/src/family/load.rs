@@ -64,6 +64,55 @@ impl Mode {
     }
 }
 
+/// Leases this process took and could not fill or give back (Redis failed
+/// mid-way), by key: the next load of the key here takes them over (see
+/// the lease script) instead of waiting out their expiry. Bounded: past
+/// `MAX_ORPHANS` the rest simply expire.
+#[derive(Default)]
+pub(crate) struct OrphanedLeases {
+    tokens: std::sync::Mutex<HashMap<String, Vec<String>>>,
+}
+
+/// Keys with orphaned leases remembered, and tokens per key.
+const MAX_ORPHANS: usize = 10_000;
+const MAX_TOKENS_PER_KEY: usize = 4;
+
+impl OrphanedLeases {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<String>>> {
+        self.tokens.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn keep(&self, key: &str, token: &str) {
+        self.keep_all(key, vec![token.to_owned()]);
+    }
+
+    fn keep_all(&self, key: &str, tokens: Vec<String>) {
+        if tokens.is_empty() {
+            return;
+        }
+        let mut map = self.lock();
+        if map.len() >= MAX_ORPHANS && !map.contains_key(key) {
+            return;
+        }
+        let kept = map.entry(key.to_owned()).or_default();
+        for token in tokens {
+            if kept.len() < MAX_TOKENS_PER_KEY && !kept.contains(&token) {
+                kept.push(token);
+            }
+        }
+    }
+
+    /// The orphaned tokens of `key`, forgotten here: the caller passes them
+    /// to the lease script, and keeps them again if that fails.
+    fn take(&self, key: &str) -> Vec<String> {
+        let mut map = self.lock();
+        if map.is_empty() {
+            return Vec::new();
+        }
+        map.remove(key).unwrap_or_default()
+    }
+}
+
 /// The outcome of asking for a key's lease.
 enum Lease {
     Held(String),
@@ -95,6 +144,7 @@ impl Ctx {
             return Lease::Unavailable;
         };
         let token = format!("{:016x}", rand::random::<u64>());
+        let orphans = self.shared.orphaned_leases.take(key);
         let mut invocation = scripts::LEASE.prepare_invoke();
         invocation
             .key(key)
@@ -102,12 +152,20 @@ impl Ctx {
             .arg(&token)
             .arg(self.policy().lease_ttl().as_millis() as u64)
             .arg(seen.as_slice());
+        for token in &orphans {
+            invocation.arg(token);
+        }
         match l2.run_script::<i64>("lease", &invocation).await {
             Ok(1) => Lease::Held(token),
             Ok(2) => Lease::Changed,
             Ok(_) => Lease::Busy,
             Err(_) => {
+                // The script may have run and its reply been lost: if so,
+                // the lease is ours, and nobody will fill it.
                 self.core.metrics.redis_error();
+                let mut tokens = orphans;
+                tokens.push(token);
+                self.shared.orphaned_leases.keep_all(key, tokens);
                 Lease::Unavailable
             }
         }
@@ -129,6 +187,7 @@ impl Ctx {
             .is_err()
         {
             self.core.metrics.redis_error();
+            self.shared.orphaned_leases.keep(key, token);
         }
     }
 
@@ -152,15 +211,28 @@ impl Ctx {
                 .arg(seen.len().saturating_sub(1))
                 .cmd("EXISTS")
                 .arg(Self::lease_key(key));
-            if let Ok((now, leased)) = l2.run_pipe::<(Vec<u8>, bool)>("lease wait", &look).await
-                && (now != *seen || !leased)
-            {
-                return true;
+            match l2.run_pipe::<(Vec<u8>, bool)>("lease wait", &look).await {
+                Ok((now, leased)) if now != *seen || !leased => return true,
+                Ok(_) => {}
+                // Redis is failing: the holder's fill and its notification
+                // are unlikely to come. Do not wait for them.
+                Err(_) => return false,
             }
         }
-        tokio::time::timeout(self.policy().policy.lease_wait, notified)
+        tokio::time::timeout(self.lease_wait(), notified)
             .await
             .is_ok()
+    }
+
+    /// How long a caller waits on another's lease: the family's
+    /// `lease_wait`, but at most half its `hard_timeout`, so that a caller
+    /// whose lease holder died still has time to load for itself.
+    fn lease_wait(&self) -> Duration {
+        let policy = &self.policy().policy;
+        match policy.hard_timeout {
+            Some(hard) => policy.lease_wait.min(hard / 2),
+            None => policy.lease_wait,
+        }
     }
 
     /// Runs the loader, timing and counting it.
@@ -252,7 +324,16 @@ impl Ctx {
                         .filter(|(_, s)| *s != 1)
                         .map(|(f, _)| f.key.as_str()),
                 ),
-                Err(_) => self.core.metrics.redis_error(),
+                Err(_) => {
+                    // Whether the fills ran is unknown; their leases, if
+                    // still held, are ours to take over on the next miss.
+                    self.core.metrics.redis_error();
+                    for f in &leased {
+                        if let Some(token) = &f.lease {
+                            self.shared.orphaned_leases.keep(&f.key, token);
+                        }
+                    }
+                }
             }
         }
         for f in live {
@@ -573,7 +654,8 @@ impl Ctx {
                     .arg(Self::lease_key(key))
                     .arg(token)
                     .arg(self.policy().lease_ttl().as_millis() as u64)
-                    .arg(seen.as_slice());
+                    .arg(seen.as_slice())
+                    .arg(self.shared.orphaned_leases.take(key));
                 asked += 1;
             }
         }
@@ -595,7 +677,13 @@ impl Ctx {
                     .collect()
             }
             Err(_) => {
+                // The scripts may have run: the leases would then be ours.
                 self.core.metrics.redis_error();
+                for ((key, _, _, _), token) in items.iter().zip(&tokens) {
+                    if let Some(token) = token {
+                        self.shared.orphaned_leases.keep(key, token);
+                    }
+                }
                 items.iter().map(|_| None).collect()
             }
         }

@@ -26,6 +26,7 @@ mod ctx;
 mod load;
 mod write;
 
+pub(crate) use load::OrphanedLeases;
 pub(crate) use write::unlink_matching;
 
 use std::collections::HashMap;

@@ -35,6 +35,9 @@ pub(crate) struct RedisSettings {
     pub op_timeout: Duration,
     pub connect_timeout: Duration,
     pub breaker: BreakerSettings,
+    /// PEM root certificate(s) to trust for `rediss://` instead of the
+    /// system's (a private CA).
+    pub tls_root_cert: Option<Vec<u8>>,
 }
 
 /// The L2 tier.
@@ -65,8 +68,25 @@ impl RedisTier {
         }
         let info = redis::IntoConnectionInfo::into_connection_info(settings.url.as_str())
             .map_err(|e| Error::RedisUrl(e.to_string()))?;
-        let client = redis::Client::open(info.set_tcp_settings(tcp_settings()))
-            .map_err(|e| Error::RedisUrl(e.to_string()))?;
+        let info = info.set_tcp_settings(tcp_settings());
+        let client = match &settings.tls_root_cert {
+            #[cfg(feature = "tls")]
+            Some(pem) => redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.clone()),
+                },
+            ),
+            #[cfg(not(feature = "tls"))]
+            Some(_) => {
+                return Err(Error::RedisUrl(
+                    "a TLS root certificate needs larder's `tls` feature".into(),
+                ));
+            }
+            None => redis::Client::open(info),
+        }
+        .map_err(|e| Error::RedisUrl(e.to_string()))?;
         // No response timeout in the client: every command already runs under
         // ours (`bounded`), which also covers waiting for a reconnect. A
         // timeout does not make redis-rs reconnect, though; a half-open

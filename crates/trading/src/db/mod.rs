@@ -37,6 +37,10 @@ pub enum DbError {
     /// Anything else (a bad query, a constraint): a bug. Answered with 500.
     #[error("database error: {0}")]
     Query(#[source] sqlx::Error),
+    /// The database did not answer in time: hung, or cut off by the
+    /// network. Answered with 503.
+    #[error("database did not answer within {0:?}")]
+    TimedOut(std::time::Duration),
     /// The row to change does not exist.
     #[error("not found")]
     NotFound,
@@ -92,7 +96,7 @@ impl DbError {
     /// Whether the request should be retried later (503) rather than being a
     /// bug (500).
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, DbError::Unavailable(_))
+        matches!(self, DbError::Unavailable(_) | DbError::TimedOut(_))
     }
 }
 
@@ -110,6 +114,34 @@ pub(crate) fn count(query: &'static str) {
 }
 
 impl Db {
+    /// Runs one query, counted, under the database timeout on the client
+    /// side too. `statement_timeout` is the server's, and the pool's acquire
+    /// timeout covers only getting a connection: a query already sent to a
+    /// server that then hangs or is cut off by the network would otherwise
+    /// wait for TCP to give up (minutes), holding its request.
+    pub(crate) async fn bounded<T>(
+        &self,
+        query: &'static str,
+        run: impl std::future::Future<Output = Result<T, DbError>>,
+    ) -> Result<T, DbError> {
+        count(query);
+        // A little past the server's own timeout, so that a slow query is
+        // reported by the server (with its code) when the server can.
+        let limit = self.timeout() + std::time::Duration::from_millis(250);
+        match tokio::time::timeout(limit, run).await {
+            Ok(result) => result,
+            Err(_) => Err(DbError::TimedOut(limit)),
+        }
+    }
+
+    /// The configured database timeout (`--db-timeout`), as the pool holds it.
+    fn timeout(&self) -> std::time::Duration {
+        match self {
+            Db::Postgres(pool) => pool.options().get_acquire_timeout(),
+            Db::Sqlite(pool) => pool.options().get_acquire_timeout(),
+        }
+    }
+
     /// Connects to PostgreSQL if `DATABASE_URL` is set, else opens (creating
     /// it if needed) the SQLite file.
     pub async fn connect(args: &DbArgs) -> Result<Db, DbError> {

@@ -2,37 +2,39 @@
 
 use rust_decimal::Decimal;
 
-use super::{Db, DbError, count};
+use super::{Db, DbError};
 use crate::price::Price;
 
 impl Db {
     /// The last price of `symbol`; `None` if no such instrument.
     pub async fn price(&self, symbol: &str) -> Result<Option<Price>, DbError> {
-        count("price");
-        Ok(match self {
-            Db::Postgres(pool) => sqlx::query_as::<_, (Decimal, i64)>(
-                "SELECT last_price, version FROM instruments WHERE symbol = $1",
-            )
-            .bind(symbol)
-            .fetch_optional(pool)
-            .await?
-            .map(|(price, version)| Price {
-                symbol: symbol.to_string(),
-                price,
-                version: version as u64,
-            }),
-            Db::Sqlite(pool) => sqlx::query_as::<_, (i64, i64)>(
-                "SELECT last_price_cents, version FROM instruments WHERE symbol = ?1",
-            )
-            .bind(symbol)
-            .fetch_optional(pool)
-            .await?
-            .map(|(cents, version)| Price {
-                symbol: symbol.to_string(),
-                price: Decimal::new(cents, 2),
-                version: version as u64,
-            }),
+        self.bounded("price", async {
+            Ok(match self {
+                Db::Postgres(pool) => sqlx::query_as::<_, (Decimal, i64)>(
+                    "SELECT last_price, version FROM instruments WHERE symbol = $1",
+                )
+                .bind(symbol)
+                .fetch_optional(pool)
+                .await?
+                .map(|(price, version)| Price {
+                    symbol: symbol.to_string(),
+                    price,
+                    version: version as u64,
+                }),
+                Db::Sqlite(pool) => sqlx::query_as::<_, (i64, i64)>(
+                    "SELECT last_price_cents, version FROM instruments WHERE symbol = ?1",
+                )
+                .bind(symbol)
+                .fetch_optional(pool)
+                .await?
+                .map(|(cents, version)| Price {
+                    symbol: symbol.to_string(),
+                    price: Decimal::new(cents, 2),
+                    version: version as u64,
+                }),
+            })
         })
+        .await
     }
 
     /// Sets the last price of `symbol` and bumps its version; returns the
@@ -42,7 +44,7 @@ impl Db {
         symbol: &str,
         price: Decimal,
     ) -> Result<Option<Price>, DbError> {
-        count("update_price");
+        self.bounded("update_price", async {
         let version: Option<i64> = match self {
             Db::Postgres(pool) => {
                 sqlx::query_scalar(
@@ -72,25 +74,29 @@ impl Db {
             price: price.round_dp(2),
             version: v as u64,
         }))
+        })
+        .await
     }
 
     /// Every instrument's symbol and price (the price feed's universe).
     pub async fn instruments(&self) -> Result<Vec<(String, Decimal)>, DbError> {
-        count("instruments");
-        Ok(match self {
-            Db::Postgres(pool) => {
-                sqlx::query_as("SELECT symbol, last_price FROM instruments ORDER BY id")
-                    .fetch_all(pool)
-                    .await?
-            }
-            Db::Sqlite(pool) => sqlx::query_as::<_, (String, i64)>(
-                "SELECT symbol, last_price_cents FROM instruments ORDER BY id",
-            )
-            .fetch_all(pool)
-            .await?
-            .into_iter()
-            .map(|(s, c)| (s, Decimal::new(c, 2)))
-            .collect(),
+        self.bounded("instruments", async {
+            Ok(match self {
+                Db::Postgres(pool) => {
+                    sqlx::query_as("SELECT symbol, last_price FROM instruments ORDER BY id")
+                        .fetch_all(pool)
+                        .await?
+                }
+                Db::Sqlite(pool) => sqlx::query_as::<_, (String, i64)>(
+                    "SELECT symbol, last_price_cents FROM instruments ORDER BY id",
+                )
+                .fetch_all(pool)
+                .await?
+                .into_iter()
+                .map(|(s, c)| (s, Decimal::new(c, 2)))
+                .collect(),
+            })
         })
+        .await
     }
 }

@@ -2,14 +2,14 @@
 
 use larder::write_behind::Write;
 
-use super::{Db, DbError, count};
+use super::{Db, DbError};
 use crate::watchlist::Watchlist;
 
 impl Db {
     /// A user's watchlist: empty if they never saved one, `None` if the user
     /// does not exist.
     pub async fn watchlist(&self, user_id: i64) -> Result<Option<Watchlist>, DbError> {
-        count("watchlist");
+        self.bounded("watchlist", async {
         // One query: the user, and their watchlist if any.
         let row: Option<(Option<String>,)> = match self {
             Db::Postgres(pool) => {
@@ -34,13 +34,15 @@ impl Db {
             None => Vec::new(),
         };
         Ok(Some(Watchlist { user_id, symbols }))
+        })
+        .await
     }
 
     /// Persists a batch of queued watchlist writes in one statement. A row
     /// only changes if the write is newer than what it holds, so a write
     /// delivered twice, or after a newer one, changes nothing.
     pub async fn upsert_watchlists(&self, batch: &[Write<i64, Watchlist>]) -> Result<(), DbError> {
-        count("upsert_watchlists");
+        self.bounded("upsert_watchlists", async {
         let users: Vec<i64> = batch.iter().map(|w| w.key).collect();
         let symbols: Vec<String> = batch
             .iter()
@@ -85,5 +87,7 @@ impl Db {
             }
         }
         Ok(())
+        })
+        .await
     }
 }

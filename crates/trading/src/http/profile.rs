@@ -39,8 +39,9 @@ async fn update(
         .update_profile(id, &body)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("user {id} not found")))?;
-    // The database has the write; a cache that cannot be told keeps its copy
-    // until the TTL, which is logged rather than failing the request.
+    // The database has the write. If Redis is unreachable, larder drops this
+    // process's copies now and replays both invalidations when Redis answers
+    // again; these only fail on a programming error (a bad tag template).
     if let Err(e) = app.profiles.invalidate(&id).await {
         tracing::warn!(user = id, error = %e, "profile updated, but its cached copy could not be deleted");
     }

@@ -54,6 +54,7 @@ pub fn args(db: DbArgs, redis_url: Option<String>, no_cache: bool) -> ServeArgs 
         redis_timeout: Duration::from_secs(1),
         request_timeout: Duration::from_secs(10),
         price_updates_per_sec: 0,
+        write_behind_claim_idle: Duration::from_secs(30),
     }
 }
 
