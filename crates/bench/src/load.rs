@@ -24,6 +24,16 @@ use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use rand_distr::{Distribution, Zipf};
 
+/// The bearer token sent with every request (the service's
+/// `LARDER_SERVICE_TOKEN`, which may read any user's data); set once per
+/// process before the first request.
+static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Sends `Authorization: Bearer <token>` with every request from now on.
+pub fn set_token(token: String) {
+    let _ = TOKEN.set(token);
+}
+
 /// One load phase.
 #[derive(Debug, Clone)]
 pub struct LoadPlan {
@@ -198,7 +208,11 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 async fn get(client: &HttpClient, uri: &str) -> anyhow::Result<u16> {
     let uri: hyper::Uri = uri.parse()?;
     tokio::time::timeout(REQUEST_TIMEOUT, async {
-        let response = client.get(uri).await?;
+        let mut request = hyper::Request::get(uri);
+        if let Some(token) = TOKEN.get() {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let response = client.request(request.body(Empty::new())?).await?;
         let status = response.status().as_u16();
         // Read the whole body: a response is done when its last byte arrives.
         response.into_body().collect().await?;

@@ -9,6 +9,7 @@ mod scrape;
 mod service;
 mod stampede;
 mod write_behind;
+mod ws;
 
 use clap::{Parser, Subcommand};
 
@@ -37,6 +38,9 @@ enum Scenario {
     /// Cache stampede: a cold key, a cold start and a hot key expiring
     /// under load; larder vs the article's mutex-and-sleep, same run.
     Stampede(stampede::StampedeArgs),
+    /// Live price stream: idle WebSocket connections one instance holds
+    /// and memory per connection, against idle HTTP keep-alives.
+    Ws(ws::WsArgs),
 }
 
 #[tokio::main]
@@ -46,5 +50,6 @@ async fn main() -> anyhow::Result<()> {
         Scenario::WriteBehind(args) => write_behind::run(args).await,
         Scenario::Bus(args) => bus::run(args).await,
         Scenario::Stampede(args) => stampede::run(args).await,
+        Scenario::Ws(args) => ws::run(args).await,
     }
 }

@@ -15,6 +15,10 @@ use crate::service::{self, Service};
 /// Settings of the portfolio scenario.
 #[derive(Debug, Clone, Args)]
 pub struct PortfolioArgs {
+    /// The service token of a service given by URL (`LARDER_SERVICE_TOKEN`):
+    /// user data needs a session. Spawned services get a fresh one.
+    #[arg(long, env = "LARDER_SERVICE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// Measure a service that is already running at this base URL (one run).
     #[arg(long, conflicts_with_all = ["before_url", "after_url"])]
     pub url: Option<String>,
@@ -123,6 +127,9 @@ async fn check_data(args: &PortfolioArgs, base_url: &str) -> anyhow::Result<()> 
 }
 
 pub async fn run(args: PortfolioArgs) -> anyhow::Result<()> {
+    if let Some(token) = &args.token {
+        load::set_token(token.clone());
+    }
     let runs = match (&args.url, &args.before_url, &args.after_url) {
         (Some(url), _, _) => vec![measure(&args, url, url).await?],
         (None, Some(before), Some(after)) => vec![
@@ -134,6 +141,11 @@ pub async fn run(args: PortfolioArgs) -> anyhow::Result<()> {
                 .service_bin
                 .clone()
                 .unwrap_or_else(service::default_binary);
+            let token = args
+                .token
+                .clone()
+                .unwrap_or_else(|| format!("bench-{:032x}", rand::random::<u128>()));
+            load::set_token(token.clone());
             let mut runs = Vec::new();
             for (label, extra) in [
                 ("before (no cache)", vec!["--no-cache".to_string()]),
@@ -141,6 +153,10 @@ pub async fn run(args: PortfolioArgs) -> anyhow::Result<()> {
             ] {
                 let mut env = vec![
                     ("LARDER_SEED_USERS".to_string(), args.users.to_string()),
+                    ("LARDER_SERVICE_TOKEN".to_string(), token.clone()),
+                    // One client IP sends everything: the gateway's per-IP
+                    // limit would measure itself, not the cache.
+                    ("LARDER_RATE_LIMIT_IP".to_string(), "0".to_string()),
                     // A fresh namespace: each run starts with a cold cache.
                     (
                         "LARDER_NAMESPACE".to_string(),

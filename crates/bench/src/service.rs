@@ -85,6 +85,23 @@ impl Service {
         }
     }
 
+    /// The resident memory of the service process, in bytes (Linux:
+    /// `VmRSS` in `/proc/<pid>/status`).
+    pub fn rss_bytes(&self) -> anyhow::Result<u64> {
+        let pid = self
+            .child
+            .id()
+            .ok_or_else(|| anyhow::anyhow!("the service has exited"))?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("no VmRSS in /proc/{pid}/status"))?;
+        Ok(kb * 1024)
+    }
+
     /// Stops the service gracefully.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(pid) = self.child.id() {

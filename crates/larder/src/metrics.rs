@@ -80,6 +80,11 @@ pub struct FamilyStats {
     pub redis_errors: u64,
     /// Values too large to cache.
     pub oversize: u64,
+    /// Write-behind entries queued and not yet acknowledged, as the last
+    /// worker poll in this process saw them (0 without a worker here).
+    pub write_behind_pending: u64,
+    /// Age of the oldest of those entries, in milliseconds (the lag).
+    pub write_behind_lag_ms: u64,
 }
 
 impl FamilyStats {
@@ -114,6 +119,8 @@ struct Totals {
     decode_errors: AtomicU64,
     redis_errors: AtomicU64,
     oversize: AtomicU64,
+    wb_pending: AtomicU64,
+    wb_lag_ms: AtomicU64,
 }
 
 /// How one request was answered.
@@ -365,6 +372,10 @@ impl FamilyMetrics {
     pub fn write_behind_backlog(&self, len: u64, oldest: Duration) {
         self.wb_queue.set(len as f64);
         self.wb_lag.set(oldest.as_secs_f64());
+        self.totals.wb_pending.store(len, Relaxed);
+        self.totals
+            .wb_lag_ms
+            .store(oldest.as_millis().min(u64::MAX as u128) as u64, Relaxed);
     }
 
     pub fn snapshot(&self) -> FamilyStats {
@@ -385,6 +396,8 @@ impl FamilyMetrics {
             decode_errors: t.decode_errors.load(Relaxed),
             redis_errors: t.redis_errors.load(Relaxed),
             oversize: t.oversize.load(Relaxed),
+            write_behind_pending: t.wb_pending.load(Relaxed),
+            write_behind_lag_ms: t.wb_lag_ms.load(Relaxed),
         }
     }
 }

@@ -11,13 +11,18 @@ use tokio::net::TcpListener;
 
 use crate::db::Db;
 use crate::db::seed::{self, SeedPlan};
+use crate::depth::Depth;
 use crate::http::error::ApiError;
+use crate::http::rate_limit::{Limiter, Rate, RateLimits};
+use crate::live::Live;
 use crate::portfolio::Portfolio;
 use crate::price::Price;
 use crate::profile::Profile;
+use crate::session::Session;
 use crate::settings::{ServeArgs, redact};
+use crate::stream::Hub;
 use crate::watchlist::Watchlist;
-use crate::{feed, http, telemetry};
+use crate::{feed, http, live, telemetry};
 
 /// The built-in cache policies (crates/trading/cache.toml).
 pub const DEFAULT_POLICIES: &str = include_str!("../cache.toml");
@@ -37,9 +42,24 @@ pub struct AppState {
     pub profiles: Family<i64, Profile>,
     /// `stock:{symbol}:price`, written through.
     pub prices: Family<String, Price>,
+    /// `stock:{symbol}:depth`, written through.
+    pub depths: Family<String, Depth>,
+    /// `session:{token_hash}`, written through, sliding expiry.
+    pub sessions: Family<String, Session>,
+    /// A bearer token that may act for any user (`None`: no such token).
+    pub service_token: Option<Arc<str>>,
+    /// Rate limits per IP, per session, for logins.
+    pub limits: Arc<RateLimits>,
+    /// The live price stream's fan-out.
+    pub hub: Hub,
+    /// The dashboard's samples.
+    pub live: Arc<Live>,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
 }
+
+/// The shortest service token accepted: it stands for every user.
+pub const MIN_SERVICE_TOKEN: usize = 32;
 
 /// Reads the policy file named in the settings, or the built-in one.
 pub fn policies(args: &ServeArgs) -> anyhow::Result<Policies> {
@@ -74,6 +94,39 @@ impl AppState {
         let prices = cache
             .family("stock_price")
             .with_context(|| family("stock_price"))?;
+        let depths = cache
+            .family("market_depth")
+            .with_context(|| family("market_depth"))?;
+        let sessions = cache.family("session").with_context(|| family("session"))?;
+        let service_token = match &args.service_token {
+            Some(t) if t.len() < MIN_SERVICE_TOKEN => anyhow::bail!(
+                "LARDER_SERVICE_TOKEN must be at least {MIN_SERVICE_TOKEN} characters: it may act for every user"
+            ),
+            Some(t) => Some(Arc::from(t.as_str())),
+            None => None,
+        };
+        let per_ip = args.rate_limit_ip;
+        let limits = RateLimits {
+            per_ip: Limiter::new(Rate {
+                per_sec: per_ip,
+                burst: (per_ip * 2.0).ceil() as u32,
+            }),
+            per_session: Limiter::new(Rate {
+                per_sec: args.rate_limit_session,
+                burst: (args.rate_limit_session * 2.0).ceil() as u32,
+            }),
+            login: Limiter::new(Rate {
+                per_sec: args.login_attempts_per_min / 60.0,
+                burst: 5,
+            }),
+        };
+        let hub = Hub::new(
+            args.redis_url.as_deref().filter(|_| !args.no_cache),
+            &args.namespace,
+            args.ws_max_connections,
+        )
+        .await
+        .context("starting the price stream")?;
         Ok(AppState {
             db,
             cache,
@@ -81,8 +134,44 @@ impl AppState {
             watchlists,
             profiles,
             prices,
+            depths,
+            sessions,
+            service_token,
+            limits: Arc::new(limits),
+            hub,
+            live: Arc::new(Live::default()),
             metrics,
         })
+    }
+
+    /// A session by token hash, from the cache or the database (`None`:
+    /// unknown or expired).
+    pub async fn session(&self, token_hash: &str) -> Result<Option<Arc<Session>>, ApiError> {
+        let db = self.db.clone();
+        let hash = token_hash.to_string();
+        Ok(self
+            .sessions
+            .get_or_load(&token_hash.to_string(), move || async move {
+                db.session(&hash, crate::session::now_ms()).await
+            })
+            .await?)
+    }
+
+    /// Every family's counters, by name (the dashboard's hit rates).
+    pub fn family_stats(&self) -> Vec<(String, larder::FamilyStats)> {
+        vec![
+            ("portfolio".into(), self.portfolios.stats()),
+            ("watchlist".into(), self.watchlists.stats()),
+            ("profile".into(), self.profiles.stats()),
+            ("stock_price".into(), self.prices.stats()),
+            ("market_depth".into(), self.depths.stats()),
+            ("session".into(), self.sessions.stats()),
+        ]
+    }
+
+    /// The families the dashboard charts.
+    pub fn family_names(&self) -> Vec<String> {
+        self.family_stats().into_iter().map(|(n, _)| n).collect()
     }
 
     /// A user's profile from the cache or the database; a 404 if the user
@@ -101,6 +190,7 @@ impl AppState {
 pub struct Background {
     worker: WorkerHandle,
     _feed: Option<feed::Feed>,
+    _sampler: live::Sampler,
 }
 
 impl Background {
@@ -122,6 +212,7 @@ impl Background {
         Background {
             worker,
             _feed: feed::spawn(state.clone(), price_updates_per_sec),
+            _sampler: live::spawn(state.clone()),
         }
     }
 
@@ -162,6 +253,21 @@ pub async fn prepare(args: &ServeArgs) -> anyhow::Result<AppState> {
         .await?;
         tracing::info!(took = ?started.elapsed(), "seeded");
     }
+    if db.has_missing_passwords().await? {
+        // Seeded users log in with the demo password; each gets its own
+        // salt would cost 100,000 argon2 runs, so they share one hash.
+        let phc = tokio::task::spawn_blocking(|| {
+            crate::session::password::hash(crate::session::DEMO_PASSWORD)
+        })
+        .await?
+        .map_err(|e| anyhow::anyhow!(e))?;
+        let n = db.set_missing_passwords(&phc).await?;
+        tracing::info!(
+            users = n,
+            "demo users can log in with password `{}`",
+            crate::session::DEMO_PASSWORD
+        );
+    }
     AppState::new(args, db).await
 }
 
@@ -189,13 +295,18 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     tracing::info!(%database, %cache, "trading service listening on http://{addr}");
     println!(
-        "larder trading service on http://{addr}  (try http://{addr}/api/users/1/portfolio, http://{addr}/metrics)"
+        "larder trading service: dashboard on http://{addr}/  (API: http://{addr}/openapi.json; log in as user1@example.com / {})",
+        crate::session::DEMO_PASSWORD
     );
     let app = http::router(state, args.request_timeout);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("server error")?;
+    // The peer address is what per-IP rate limiting keys on.
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await
+    .context("server error")?;
     background.shutdown(Duration::from_secs(10)).await;
     upkeep.abort();
     tracing::info!("shut down");

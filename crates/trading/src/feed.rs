@@ -1,6 +1,8 @@
 //! The price feed: a simulator standing in for the exchange. Each tick moves
 //! one instrument's price by a small random step and writes it through: the
-//! database first, then the cache, which keeps the highest version.
+//! database first, then the cache, which keeps the highest version. The
+//! book around the new price (market depth) is written through beside it,
+//! and the price goes out on the live stream.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +14,7 @@ use tokio::task::JoinHandle;
 
 use crate::app::AppState;
 use crate::db::DbError;
+use crate::depth::Book;
 use crate::http::error::ApiError;
 use crate::price::Price;
 
@@ -44,6 +47,23 @@ pub async fn update_price(
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Replaces `symbol`'s book: write-through, like the price.
+pub async fn update_depth(app: &AppState, symbol: &str, book: Book) -> Result<(), ApiError> {
+    let db = app.db.clone();
+    app.depths
+        .write_through(&symbol.to_string(), async move {
+            match db.update_depth(symbol, &book).await? {
+                Some(d) => Ok(Versioned {
+                    version: d.version,
+                    value: d,
+                }),
+                None => Err(DbError::NotFound),
+            }
+        })
+        .await?;
+    Ok(())
 }
 
 /// The running feed; dropping it stops it.
@@ -81,13 +101,26 @@ pub fn spawn(app: AppState, updates_per_sec: u32) -> Option<Feed> {
                 let i = ((u * u * u) * prices.len() as f64) as usize % prices.len();
                 (i, rng.random_range(-50i64..=50))
             };
-            let (symbol, last) = &prices[i];
+            let (symbol, last) = prices[i].clone();
+            let symbol = &symbol;
             // A random walk of up to ±0.5%, never below 1.00.
-            let next = (*last + *last * Decimal::new(step, 4))
+            let next = (last + last * Decimal::new(step, 4))
                 .round_dp(2)
                 .max(Decimal::ONE);
             match update_price(&app, symbol, next).await {
-                Ok(_) => prices[i].1 = next,
+                Ok(Some(price)) => {
+                    prices[i].1 = next;
+                    app.hub.publish(&price).await;
+                    let book = {
+                        let mut rng = rand::rng();
+                        let mut sizes = || rng.random_range(1..=50) * 100;
+                        Book::around(next, Some(&mut sizes))
+                    };
+                    if let Err(e) = update_depth(&app, symbol, book).await {
+                        tracing::debug!(error = %e, "price feed: depth update failed");
+                    }
+                }
+                Ok(None) => {}
                 Err(e) => tracing::debug!(error = %e, "price feed: update failed"),
             }
         }

@@ -112,6 +112,30 @@ pub struct ServeArgs {
     /// that stopped answering before another worker takes it over.
     #[arg(long, env = "LARDER_WRITE_BEHIND_CLAIM_IDLE", default_value = "30s", value_parser = parse_duration)]
     pub write_behind_claim_idle: Duration,
+
+    /// A bearer token (32+ characters) that may act for any user: for
+    /// internal callers and load tests. Unset: only user sessions.
+    #[arg(long, env = "LARDER_SERVICE_TOKEN", hide_env_values = true)]
+    pub service_token: Option<String>,
+
+    /// Requests per second allowed per client IP (bursts of twice that);
+    /// 0: unlimited. Behind a proxy, limit in the proxy instead.
+    #[arg(long, env = "LARDER_RATE_LIMIT_IP", default_value_t = 200.0)]
+    pub rate_limit_ip: f64,
+
+    /// Requests per second allowed per session token (bursts of twice
+    /// that); 0: unlimited.
+    #[arg(long, env = "LARDER_RATE_LIMIT_SESSION", default_value_t = 50.0)]
+    pub rate_limit_session: f64,
+
+    /// Login attempts per minute allowed per client IP (bursts of 5); 0:
+    /// unlimited.
+    #[arg(long, env = "LARDER_LOGIN_ATTEMPTS_PER_MIN", default_value_t = 10.0)]
+    pub login_attempts_per_min: f64,
+
+    /// Most price-stream WebSocket connections one instance holds.
+    #[arg(long, env = "LARDER_WS_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub ws_max_connections: usize,
 }
 
 /// Settings of the `seed` command.

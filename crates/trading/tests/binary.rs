@@ -8,6 +8,10 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
+/// Lets these tests act for any user (the deployed binary has none unless
+/// configured).
+const SERVICE_TOKEN: &str = "binary-test-service-token-0123456789abcdef";
+
 /// One running `trading` process.
 struct Service {
     child: Child,
@@ -25,6 +29,7 @@ impl Service {
             .env_remove("DATABASE_URL")
             .env_remove("REDIS_URL")
             .env("LARDER_PRICE_UPDATES_PER_SEC", "0")
+            .env("LARDER_SERVICE_TOKEN", SERVICE_TOKEN)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .kill_on_drop(true);
@@ -48,6 +53,7 @@ impl Service {
             .nth(1)
             .and_then(|rest| rest.split_whitespace().next())
             .unwrap()
+            .trim_end_matches('/')
             .to_string();
         Service {
             child,
@@ -62,7 +68,7 @@ impl Service {
             .await
             .expect("service accepts connections");
         let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nAuthorization: Bearer {SERVICE_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             self.addr,
             body.len()
         );

@@ -219,6 +219,7 @@ async fn call(router: &Router, method: &str, path: &str, body: String) -> Status
         .method(method)
         .uri(path)
         .header("content-type", "application/json")
+        .header("authorization", support::bearer())
         .body(Body::from(body))
         .expect("a valid request");
     match tokio::time::timeout(Duration::from_secs(15), router.clone().oneshot(request)).await {

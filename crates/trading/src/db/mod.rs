@@ -5,11 +5,15 @@
 //! Every query counts itself in `trading_db_queries_total{query}`: the
 //! bench's "database queries/s" comes from there, not from a guess.
 
+mod account;
+mod depth;
 mod portfolio;
 mod price;
 mod profile;
 pub mod seed;
 mod watchlist;
+
+pub use account::{OrderOutcome, StoredSession};
 
 use std::borrow::Cow;
 use std::str::FromStr;
@@ -111,6 +115,7 @@ pub enum Db {
 
 pub(crate) fn count(query: &'static str) {
     metrics::counter!("trading_db_queries_total", "query" => query).increment(1);
+    crate::live::DB_QUERIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 }
 
 impl Db {
@@ -256,6 +261,14 @@ impl Db {
         Ok(!exists)
     }
 
+    /// Closes the pool: later queries fail as if the database were down.
+    pub async fn close(&self) {
+        match self {
+            Db::Postgres(pool) => pool.close().await,
+            Db::Sqlite(pool) => pool.close().await,
+        }
+    }
+
     /// Checks that the database answers.
     pub async fn ping(&self) -> Result<(), DbError> {
         match self {
@@ -277,6 +290,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         "writes",
         include_str!("../../migrations/postgres/0002_writes.sql"),
     ),
+    (
+        3,
+        "accounts",
+        include_str!("../../migrations/postgres/0003_accounts.sql"),
+    ),
 ];
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -288,5 +306,10 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "writes",
         include_str!("../../migrations/sqlite/0002_writes.sql"),
+    ),
+    (
+        3,
+        "accounts",
+        include_str!("../../migrations/sqlite/0003_accounts.sql"),
     ),
 ];

@@ -37,6 +37,51 @@ impl Db {
         .await
     }
 
+    /// The last prices of `symbols` (those that exist), in one query.
+    pub async fn prices(&self, symbols: &[String]) -> Result<Vec<(String, Price)>, DbError> {
+        if symbols.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.bounded("prices", async {
+            let rows: Vec<(String, Decimal, i64)> = match self {
+                Db::Postgres(pool) => sqlx::query_as(
+                    "SELECT symbol, last_price, version FROM instruments WHERE symbol = ANY($1)",
+                )
+                .bind(symbols)
+                .fetch_all(pool)
+                .await?,
+                Db::Sqlite(pool) => {
+                    let mut q = sqlx::QueryBuilder::new(
+                        "SELECT symbol, last_price_cents, version FROM instruments WHERE symbol IN (",
+                    );
+                    let mut list = q.separated(", ");
+                    for s in symbols {
+                        list.push_bind(s);
+                    }
+                    q.push(")");
+                    q.build_query_as::<(String, i64, i64)>()
+                        .fetch_all(pool)
+                        .await?
+                        .into_iter()
+                        .map(|(s, c, v)| (s, Decimal::new(c, 2), v))
+                        .collect()
+                }
+            };
+            Ok(rows
+                .into_iter()
+                .map(|(symbol, price, version)| {
+                    let p = Price {
+                        symbol: symbol.clone(),
+                        price,
+                        version: version as u64,
+                    };
+                    (symbol, p)
+                })
+                .collect())
+        })
+        .await
+    }
+
     /// Sets the last price of `symbol` and bumps its version; returns the
     /// row as stored, `None` if no such instrument.
     pub async fn update_price(

@@ -5,7 +5,7 @@
 //! sent to the client.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
@@ -17,6 +17,21 @@ pub enum ApiError {
     /// The request is malformed (400).
     #[error("{0}")]
     BadRequest(String),
+    /// No valid session (401).
+    #[error(
+        "a valid session is required: log in with POST /api/sessions and send `Authorization: Bearer <token>`"
+    )]
+    Unauthorized,
+    /// The session is valid but not for this resource (403).
+    #[error("this session may not act for that user")]
+    Forbidden,
+    /// Too many requests; retry after this many seconds (429).
+    #[error("too many requests; retry after {0} s")]
+    TooManyRequests(u64),
+    /// Well formed, but the business rules refuse it (422), e.g. an order
+    /// the balance cannot pay for.
+    #[error("{0}")]
+    Unprocessable(String),
     /// The resource does not exist (404).
     #[error("{0}")]
     NotFound(String),
@@ -38,6 +53,10 @@ impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -59,7 +78,19 @@ impl IntoResponse for ApiError {
             }
             _ => {}
         }
-        (self.status(), Json(json!({ "error": self.to_string() }))).into_response()
+        let mut response =
+            (self.status(), Json(json!({ "error": self.to_string() }))).into_response();
+        let headers = response.headers_mut();
+        match &self {
+            ApiError::TooManyRequests(secs) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*secs));
+            }
+            ApiError::Unauthorized => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
+        }
+        response
     }
 }
 

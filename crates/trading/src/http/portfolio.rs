@@ -7,8 +7,8 @@ use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 
+use super::auth::ActingFor;
 use super::error::ApiError;
-use super::extract::UserId;
 use crate::app::AppState;
 use crate::portfolio::Portfolio;
 
@@ -20,7 +20,7 @@ pub fn routes() -> Router<AppState> {
 /// unknown user is a 404 and is remembered as such by the cache.
 async fn portfolio(
     State(app): State<AppState>,
-    UserId(id): UserId,
+    ActingFor(id): ActingFor,
 ) -> Result<Json<Arc<Portfolio>>, ApiError> {
     let db = app.db.clone();
     app.portfolios

@@ -1,5 +1,6 @@
-//! `GET /api/stocks/{symbol}/price`: two seconds, written through by the
-//! price feed.
+//! `GET /api/stocks/{symbol}/price` (two seconds) and
+//! `GET /api/stocks/{symbol}/depth` (one second): both written through by
+//! the price feed, read cache-first.
 
 use std::sync::Arc;
 
@@ -10,10 +11,13 @@ use axum::{Json, Router};
 use super::error::ApiError;
 use super::extract::Symbol;
 use crate::app::AppState;
+use crate::depth::Depth;
 use crate::price::Price;
 
 pub fn routes() -> Router<AppState> {
-    Router::new().route("/api/stocks/{symbol}/price", get(price))
+    Router::new()
+        .route("/api/stocks/{symbol}/price", get(price))
+        .route("/api/stocks/{symbol}/depth", get(depth))
 }
 
 /// The last price, from the cache or (on a miss) the database.
@@ -25,6 +29,20 @@ async fn price(
     let key = symbol.clone();
     app.prices
         .get_or_load(&key, move || async move { db.price(&symbol).await })
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("no instrument {key}")))
+}
+
+/// The top of the book, from the cache or (on a miss) the database.
+async fn depth(
+    State(app): State<AppState>,
+    Symbol(symbol): Symbol,
+) -> Result<Json<Arc<Depth>>, ApiError> {
+    let db = app.db.clone();
+    let key = symbol.clone();
+    app.depths
+        .get_or_load(&key, move || async move { db.depth(&symbol).await })
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::NotFound(format!("no instrument {key}")))

@@ -7,8 +7,9 @@ use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 
+use super::auth::ActingFor;
 use super::error::ApiError;
-use super::extract::{JsonBody, UserId};
+use super::extract::JsonBody;
 use crate::app::AppState;
 use crate::profile::{Profile, ProfileUpdate};
 
@@ -19,7 +20,7 @@ pub fn routes() -> Router<AppState> {
 /// The user's profile, from the cache or the database.
 async fn profile(
     State(app): State<AppState>,
-    UserId(id): UserId,
+    ActingFor(id): ActingFor,
 ) -> Result<Json<Arc<Profile>>, ApiError> {
     app.profile(id).await.map(Json)
 }
@@ -30,7 +31,7 @@ async fn profile(
 /// invalidation, without the pattern).
 async fn update(
     State(app): State<AppState>,
-    UserId(id): UserId,
+    ActingFor(id): ActingFor,
     JsonBody(body): JsonBody<ProfileUpdate>,
 ) -> Result<Json<Profile>, ApiError> {
     body.validate().map_err(ApiError::BadRequest)?;

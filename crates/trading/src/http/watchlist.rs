@@ -2,40 +2,68 @@
 //! behind (the article's `updateWatchlist`): acknowledged once cached and
 //! queued, persisted in batches by the service's worker.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
+use serde::Serialize;
 
+use super::auth::ActingFor;
 use super::error::ApiError;
-use super::extract::{JsonBody, UserId};
+use super::extract::JsonBody;
 use crate::app::AppState;
+use crate::price::Price;
 use crate::watchlist::{Watchlist, WatchlistUpdate};
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/api/users/{id}/watchlist", get(watchlist).put(update))
 }
 
-/// The user's watchlist (a write not yet persisted included).
+/// A watchlist with each symbol's last price.
+#[derive(Debug, Serialize)]
+struct WithPrices {
+    #[serde(flatten)]
+    watchlist: Arc<Watchlist>,
+    /// Symbol → price (`null`: no such instrument).
+    prices: BTreeMap<String, Option<Arc<Price>>>,
+}
+
+/// The user's watchlist (a write not yet persisted included), with each
+/// symbol's price: all of them in one multi-key cache round trip
+/// (`get_many`), and one database query for the ones missing.
 async fn watchlist(
     State(app): State<AppState>,
-    UserId(id): UserId,
-) -> Result<Json<Arc<Watchlist>>, ApiError> {
+    ActingFor(id): ActingFor,
+) -> Result<Json<WithPrices>, ApiError> {
     let db = app.db.clone();
-    app.watchlists
+    let watchlist = app
+        .watchlists
         .get_or_load(&id, move || async move { db.watchlist(id).await })
         .await?
-        .map(Json)
-        .ok_or_else(|| ApiError::NotFound(format!("user {id} not found")))
+        .ok_or_else(|| ApiError::NotFound(format!("user {id} not found")))?;
+    let db = app.db.clone();
+    let found = app
+        .prices
+        .get_many(&watchlist.symbols, move |missing: Vec<String>| async move {
+            db.prices(&missing).await.map(|found| {
+                found
+                    .into_iter()
+                    .collect::<std::collections::HashMap<_, _>>()
+            })
+        })
+        .await?;
+    let prices = watchlist.symbols.iter().cloned().zip(found).collect();
+    Ok(Json(WithPrices { watchlist, prices }))
 }
 
 /// Caches and queues the new watchlist; 202 Accepted: the database gets it
 /// shortly, and reads return it meanwhile.
 async fn update(
     State(app): State<AppState>,
-    UserId(id): UserId,
+    ActingFor(id): ActingFor,
     JsonBody(body): JsonBody<WatchlistUpdate>,
 ) -> Result<(StatusCode, Json<Watchlist>), ApiError> {
     body.validate().map_err(ApiError::BadRequest)?;

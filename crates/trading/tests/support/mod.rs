@@ -55,7 +55,20 @@ pub fn args(db: DbArgs, redis_url: Option<String>, no_cache: bool) -> ServeArgs 
         request_timeout: Duration::from_secs(10),
         price_updates_per_sec: 0,
         write_behind_claim_idle: Duration::from_secs(30),
+        service_token: Some(SERVICE_TOKEN.to_string()),
+        rate_limit_ip: 0.0,
+        rate_limit_session: 0.0,
+        login_attempts_per_min: 0.0,
+        ws_max_connections: 1_000,
     }
+}
+
+/// The test service's token that acts for any user.
+pub const SERVICE_TOKEN: &str = "test-service-token-0123456789abcdef0123";
+
+/// `Bearer <service token>`.
+pub fn bearer() -> String {
+    format!("Bearer {SERVICE_TOKEN}")
 }
 
 pub fn db_args(database_url: Option<String>, sqlite_path: PathBuf) -> DbArgs {
@@ -68,7 +81,22 @@ pub fn db_args(database_url: Option<String>, sqlite_path: PathBuf) -> DbArgs {
 }
 
 pub async fn start(setup: Setup, no_cache: bool) -> (AppState, Router, Backing) {
-    let (args, backing) = match setup {
+    let (args, backing) = settings(setup, no_cache).await;
+    let (state, router) = from_args(&args).await;
+    (state, router, backing)
+}
+
+/// The service on `args` (a second instance shares their database, Redis
+/// and namespace).
+pub async fn from_args(args: &ServeArgs) -> (AppState, Router) {
+    let state = app::prepare(args).await.expect("service starts");
+    let router = http::router(state.clone(), args.request_timeout);
+    (state, router)
+}
+
+/// Settings for a test service with its own database (and namespace).
+pub async fn settings(setup: Setup, no_cache: bool) -> (ServeArgs, Backing) {
+    match setup {
         Setup::Embedded => {
             let path = std::env::temp_dir().join(format!("{}.db", testkit::namespace()));
             (
@@ -86,16 +114,18 @@ pub async fn start(setup: Setup, no_cache: bool) -> (AppState, Router, Backing) 
             );
             (args, Backing::Postgres(db))
         }
-    };
-    let state = app::prepare(&args).await.expect("service starts");
-    let router = http::router(state.clone(), args.request_timeout);
-    (state, router, backing)
+    }
 }
 
 pub async fn get(router: &Router, path: &str) -> (StatusCode, Value) {
     let response = router
         .clone()
-        .oneshot(Request::get(path).body(Body::empty()).unwrap())
+        .oneshot(
+            Request::get(path)
+                .header("authorization", bearer())
+                .body(Body::empty())
+                .unwrap(),
+        )
         .await
         .unwrap();
     let status = response.status();
@@ -117,6 +147,7 @@ pub async fn send(router: &Router, method: &str, path: &str, body: &str) -> (Sta
                 .method(method)
                 .uri(path)
                 .header("content-type", "application/json")
+                .header("authorization", bearer())
                 .body(Body::from(body.to_string()))
                 .unwrap(),
         )
@@ -132,3 +163,85 @@ pub async fn send(router: &Router, method: &str, path: &str, body: &str) -> (Sta
 }
 
 pub const BOTH: [Setup; 2] = [Setup::Embedded, Setup::Production];
+
+/// Sends a request with `token` as the bearer (or none); returns the status,
+/// the headers and the JSON answer (`Value::Null` for an empty body).
+pub async fn call(
+    router: &Router,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    token: Option<&str>,
+) -> (StatusCode, axum::http::HeaderMap, Value) {
+    let mut request = Request::builder().method(method).uri(path);
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    if body.is_some() {
+        request = request.header("content-type", "application/json");
+    }
+    let request = request
+        .body(Body::from(body.unwrap_or_default().to_string()))
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(30), router.clone().oneshot(request))
+        .await
+        .unwrap_or_else(|_| panic!("{method} {path}: no answer within 30 s"))
+        .unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let json = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| panic!("{method} {path}: body is not JSON: {bytes:?}"))
+    };
+    (status, headers, json)
+}
+
+/// Logs in as seeded user `id` (demo password); returns the token.
+pub async fn login(router: &Router, id: i64) -> String {
+    let body = format!(
+        r#"{{"email":"user{id}@example.com","password":"{}"}}"#,
+        trading::session::DEMO_PASSWORD
+    );
+    let (status, _, json) = call(router, "POST", "/api/sessions", Some(&body), None).await;
+    assert_eq!(status, StatusCode::CREATED, "login of user {id}: {json}");
+    json["token"].as_str().expect("a token").to_string()
+}
+
+/// Runs one SQL statement against the test's database, behind the
+/// service's back (to show what is and is not cached).
+pub async fn exec(state: &AppState, postgres: &str, sqlite: &str) {
+    match &state.db {
+        trading::db::Db::Postgres(pool) => {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(postgres.to_string()))
+                .execute(pool)
+                .await
+                .unwrap();
+        }
+        trading::db::Db::Sqlite(pool) => {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sqlite.to_string()))
+                .execute(pool)
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// Serves `router` on a loopback port (with peer addresses, as the binary
+/// does); returns the address. The server stops with the test's runtime.
+pub async fn serve(router: Router) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await;
+    });
+    addr
+}

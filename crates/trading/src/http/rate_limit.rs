@@ -1,0 +1,219 @@
+//! Rate limiting, as the article's API gateway does: per client IP, per
+//! session, and tighter for login attempts. Over the limit a request gets a
+//! 429 with `Retry-After` before any handler (or database) sees it.
+//!
+//! Each limiter is a GCRA (generic cell rate algorithm): one timestamp per
+//! key, the "theoretical arrival time", instead of a bucket that needs a
+//! refill task. State is per process: N instances allow N times the rate,
+//! which is what a per-instance gateway does too.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, RandomState};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::Method;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::auth::bearer;
+use super::error::ApiError;
+use crate::app::AppState;
+
+/// A rate: `per_sec` on average, up to `burst` at once. `per_sec == 0`
+/// turns the limit off.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    /// Requests per second allowed on average.
+    pub per_sec: f64,
+    /// Requests allowed back to back.
+    pub burst: u32,
+}
+
+/// Keys idle for longer than this are forgotten when the map is swept.
+const SWEEP_ABOVE: usize = 50_000;
+
+/// A GCRA limiter over hashed keys.
+///
+/// A std `Mutex` (not tokio's): it is held for a hash-map lookup and never
+/// across an `.await`. Keys are hashed to `u64` with a per-process random
+/// seed, so memory per client is a few words and a client cannot choose
+/// keys that collide.
+#[derive(Debug)]
+pub struct Limiter {
+    rate: Rate,
+    interval: Duration,
+    tolerance: Duration,
+    hasher: RandomState,
+    arrivals: Mutex<HashMap<u64, Instant>>,
+}
+
+impl Limiter {
+    /// A limiter at `rate` (`None` if the rate is 0: no limit).
+    pub fn new(rate: Rate) -> Option<Limiter> {
+        if rate.per_sec <= 0.0 || !rate.per_sec.is_finite() {
+            return None;
+        }
+        let interval = Duration::from_secs_f64(1.0 / rate.per_sec);
+        Some(Limiter {
+            rate,
+            interval,
+            tolerance: interval * rate.burst.max(1),
+            hasher: RandomState::new(),
+            arrivals: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The rate it enforces.
+    pub fn rate(&self) -> Rate {
+        self.rate
+    }
+
+    /// Admits one request for `key` at `now`, or says how long to wait.
+    pub fn check(&self, key: impl Hash, now: Instant) -> Result<(), Duration> {
+        let key = self.hasher.hash_one(key);
+        let mut arrivals = match self.arrivals.lock() {
+            Ok(guard) => guard,
+            // A panic elsewhere while holding it cannot leave a timestamp
+            // half written: keep using the map.
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if arrivals.len() > SWEEP_ABOVE {
+            arrivals.retain(|_, tat| *tat > now);
+        }
+        let tat = arrivals.get(&key).copied().unwrap_or(now).max(now);
+        let next = tat + self.interval;
+        if next.duration_since(now) > self.tolerance {
+            return Err(next.duration_since(now) - self.tolerance);
+        }
+        arrivals.insert(key, next);
+        Ok(())
+    }
+}
+
+/// The service's limiters.
+#[derive(Debug, Default)]
+pub struct RateLimits {
+    /// Every request, per client IP.
+    pub per_ip: Option<Limiter>,
+    /// Requests carrying a bearer token, per token.
+    pub per_session: Option<Limiter>,
+    /// `POST /api/sessions`, per client IP.
+    pub login: Option<Limiter>,
+}
+
+fn retry_after(wait: Duration) -> ApiError {
+    ApiError::TooManyRequests(wait.as_secs_f64().ceil().max(1.0) as u64)
+}
+
+/// The middleware. Operational endpoints (health, readiness, metrics) are
+/// never limited: a monitor must not be locked out by the traffic it
+/// watches.
+pub async fn limit(State(app): State<AppState>, req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    if matches!(path, "/healthz" | "/readyz" | "/metrics") {
+        return next.run(req).await;
+    }
+    let now = Instant::now();
+    // Behind a proxy every client has the proxy's address: put the limit
+    // in the proxy then, or run without one (`--rate-limit-ip 0`).
+    let ip: Option<IpAddr> = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip());
+    let limits = &app.limits;
+    if req.method() == Method::POST
+        && path == "/api/sessions"
+        && let Some(login) = &limits.login
+        && let Err(wait) = login.check(("login", ip), now)
+    {
+        metrics::counter!("trading_rate_limited_total", "limit" => "login").increment(1);
+        return retry_after(wait).into_response();
+    }
+    if let Some(per_ip) = &limits.per_ip
+        && let Err(wait) = per_ip.check(("ip", ip), now)
+    {
+        metrics::counter!("trading_rate_limited_total", "limit" => "ip").increment(1);
+        return retry_after(wait).into_response();
+    }
+    if let Some(per_session) = &limits.per_session {
+        let (parts, body) = req.into_parts();
+        let token = bearer(&parts).map(str::to_owned);
+        let req = Request::from_parts(parts, body);
+        let is_service = match (&token, &app.service_token) {
+            (Some(t), Some(s)) => crate::session::constant_time_eq(t.as_bytes(), s.as_bytes()),
+            _ => false,
+        };
+        if let Some(token) = token
+            && !is_service
+            && let Err(wait) = per_session.check(("session", token), now)
+        {
+            metrics::counter!("trading_rate_limited_total", "limit" => "session").increment(1);
+            return retry_after(wait).into_response();
+        }
+        return next.run(req).await;
+    }
+    next.run(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allows_the_burst_then_the_rate() {
+        let limiter = Limiter::new(Rate {
+            per_sec: 10.0,
+            burst: 5,
+        })
+        .unwrap();
+        let t0 = Instant::now();
+        for i in 0..5 {
+            assert!(limiter.check("a", t0).is_ok(), "request {i} of the burst");
+        }
+        let wait = limiter.check("a", t0).unwrap_err();
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_millis(100),
+            "{wait:?}"
+        );
+        // Another key has its own budget.
+        assert!(limiter.check("b", t0).is_ok());
+        // One interval later, one more request fits.
+        assert!(limiter.check("a", t0 + Duration::from_millis(100)).is_ok());
+        assert!(limiter.check("a", t0 + Duration::from_millis(100)).is_err());
+        // After a long pause the whole burst is back.
+        let later = t0 + Duration::from_secs(10);
+        for _ in 0..5 {
+            assert!(limiter.check("a", later).is_ok());
+        }
+    }
+
+    #[test]
+    fn zero_rate_means_no_limiter() {
+        assert!(
+            Limiter::new(Rate {
+                per_sec: 0.0,
+                burst: 1
+            })
+            .is_none()
+        );
+    }
+
+    #[test]
+    fn memory_stays_bounded_under_many_keys() {
+        let limiter = Limiter::new(Rate {
+            per_sec: 1000.0,
+            burst: 1,
+        })
+        .unwrap();
+        let t0 = Instant::now();
+        for i in 0..(SWEEP_ABOVE * 3) {
+            // Each key idle by the time the next ones arrive.
+            let _ = limiter.check(i, t0 + Duration::from_millis(i as u64));
+        }
+        let len = limiter.arrivals.lock().unwrap().len();
+        assert!(len <= SWEEP_ABOVE + 1, "{len} keys kept");
+    }
+}

@@ -1,0 +1,129 @@
+//! `POST /api/sessions` (login), `GET /api/sessions/me`,
+//! `DELETE /api/sessions/me` (logout). Sessions are written through: the
+//! database row first, then the `session` family.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use super::auth::Caller;
+use super::error::ApiError;
+use super::extract::JsonBody;
+use crate::app::AppState;
+use crate::db::DbError;
+use crate::order::rfc3339;
+use crate::session::{self, Session, new_token, now_ms, password, token_hash};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/sessions", post(login))
+        .route("/api/sessions/me", get(me).delete(logout))
+}
+
+/// Login credentials.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Credentials {
+    email: String,
+    password: String,
+}
+
+/// A new session.
+#[derive(Debug, Serialize)]
+struct Created {
+    token: String,
+    user_id: i64,
+    expires_at: String,
+}
+
+/// The caller's session.
+#[derive(Debug, Serialize)]
+struct Me {
+    user_id: i64,
+    expires_at: String,
+}
+
+async fn login(
+    State(app): State<AppState>,
+    JsonBody(creds): JsonBody<Credentials>,
+) -> Result<(StatusCode, Json<Created>), ApiError> {
+    if creds.email.len() > 254 || creds.password.len() > 1024 {
+        return Err(ApiError::Unauthorized);
+    }
+    let found = app.db.login(&creds.email).await?;
+    let (user_id, stored) = match found {
+        Some((id, Some(hash))) => (Some(id), hash),
+        // Unknown email: verify against a decoy hash anyway, so that a
+        // wrong email costs the same time as a wrong password (no account
+        // enumeration by timing).
+        _ => (None, password::decoy().to_string()),
+    };
+    // argon2 is CPU-bound by design: off the async workers.
+    let pw = creds.password;
+    let ok = tokio::task::spawn_blocking(move || password::verify(&pw, &stored))
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    let Some(user_id) = user_id.filter(|_| ok) else {
+        metrics::counter!("trading_logins_total", "result" => "refused").increment(1);
+        return Err(ApiError::Unauthorized);
+    };
+    let token = new_token();
+    let hash = token_hash(&token);
+    let session = Session {
+        user_id,
+        expires_at_ms: now_ms() + session::SESSION_TTL.as_millis() as u64,
+    };
+    let db = app.db.clone();
+    let stored = session.clone();
+    let key = hash.clone();
+    app.sessions
+        .write_through(&hash, async move {
+            db.create_session(&key, &stored).await?;
+            Ok::<_, DbError>(larder::Versioned {
+                version: stored.expires_at_ms,
+                value: stored,
+            })
+        })
+        .await?;
+    metrics::counter!("trading_logins_total", "result" => "ok").increment(1);
+    Ok((
+        StatusCode::CREATED,
+        Json(Created {
+            token,
+            user_id,
+            expires_at: rfc3339(session.expires_at_ms as i64),
+        }),
+    ))
+}
+
+async fn me(State(app): State<AppState>, caller: Caller) -> Result<Json<Me>, ApiError> {
+    let Caller::User { token_hash, .. } = caller else {
+        return Err(ApiError::BadRequest(
+            "the service token has no session".into(),
+        ));
+    };
+    // Read again: the extractor may just have extended it.
+    let s = app
+        .session(&token_hash)
+        .await?
+        .ok_or(ApiError::Unauthorized)?;
+    Ok(Json(Me {
+        user_id: s.user_id,
+        expires_at: rfc3339(s.expires_at_ms as i64),
+    }))
+}
+
+/// Deletes the row, then the cached copy in every process: after this
+/// returns, the token is refused everywhere.
+async fn logout(State(app): State<AppState>, caller: Caller) -> Result<StatusCode, ApiError> {
+    let Caller::User { token_hash, .. } = caller else {
+        return Err(ApiError::BadRequest(
+            "the service token has no session".into(),
+        ));
+    };
+    app.db.delete_session(&token_hash, now_ms()).await?;
+    app.sessions.invalidate(&token_hash).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

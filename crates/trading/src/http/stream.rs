@@ -1,0 +1,123 @@
+//! `GET /ws/prices?symbols=TCS,INFY`: a WebSocket that pushes each price
+//! update of the symbols asked for (`{"symbol","price","version"}`), from
+//! whichever instance's feed made it (see [`crate::stream`]).
+//!
+//! Memory per connection is bounded: small read and write buffers, one
+//! receiver on the shared ring, and a client that cannot keep up (it falls
+//! a ring behind, or one send takes longer than [`SEND_TIMEOUT`]) is
+//! disconnected with close code 1013 ("try again later").
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::response::Response;
+use axum::routing::get;
+use serde::Deserialize;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::error::ApiError;
+use crate::app::AppState;
+use crate::stream::{Slot, Tick};
+
+/// Longest one message may take to reach a client.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Most symbols one connection may follow.
+pub const MAX_SYMBOLS: usize = 50;
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/ws/prices", get(prices))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StreamQuery {
+    symbols: String,
+}
+
+async fn prices(
+    State(app): State<AppState>,
+    query: Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|_| {
+        ApiError::BadRequest("give the symbols to follow: /ws/prices?symbols=TCS,INFY".into())
+    })?;
+    let symbols: HashSet<String> = query
+        .symbols
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if symbols.is_empty()
+        || symbols.len() > MAX_SYMBOLS
+        || !symbols.iter().all(|s| crate::watchlist::valid_symbol(s))
+    {
+        return Err(ApiError::BadRequest(format!(
+            "symbols: 1 to {MAX_SYMBOLS} comma-separated symbols of A-Z, 0-9, `.`, `&`, `-`"
+        )));
+    }
+    let Some((slot, rx)) = app.hub.subscribe() else {
+        return Err(ApiError::Unavailable(anyhow::anyhow!(
+            "this instance holds its maximum of price-stream connections"
+        )));
+    };
+    Ok(ws
+        // Clients only send pings and close frames.
+        .max_message_size(4 * 1024)
+        .max_frame_size(4 * 1024)
+        // The defaults are 128 KiB each: most of an idle connection's cost.
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(64 * 1024)
+        .on_upgrade(move |socket| follow(socket, symbols, rx, slot)))
+}
+
+/// Pushes matching ticks until the client leaves or falls behind.
+async fn follow(
+    mut socket: WebSocket,
+    symbols: HashSet<String>,
+    mut rx: tokio::sync::broadcast::Receiver<Tick>,
+    _slot: Slot,
+) {
+    loop {
+        tokio::select! {
+            tick = rx.recv() => match tick {
+                Ok(tick) => {
+                    if !symbols.contains(&*tick.symbol) {
+                        continue;
+                    }
+                    let send = socket.send(Message::text(&*tick.json));
+                    match tokio::time::timeout(SEND_TIMEOUT, send).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => return,
+                        Err(_) => {
+                            metrics::counter!("trading_ws_dropped_total", "reason" => "send_timeout").increment(1);
+                            return;
+                        }
+                    }
+                }
+                Err(RecvError::Lagged(_)) => {
+                    metrics::counter!("trading_ws_dropped_total", "reason" => "lagged").increment(1);
+                    let close = Message::Close(Some(CloseFrame {
+                        code: 1013,
+                        reason: "too slow: reconnect".into(),
+                    }));
+                    let _ = tokio::time::timeout(Duration::from_secs(1), socket.send(close)).await;
+                    return;
+                }
+                Err(RecvError::Closed) => return,
+            },
+            incoming = socket.recv() => match incoming {
+                // Pings are answered by the library; anything else from the
+                // client is ignored; a close or an error ends the stream.
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! What the dashboard shows: once a second, a sample of requests/s,
+//! latency p50/p99, database queries/s, hit rate per family, the Redis
+//! breaker and the write-behind backlog, kept for the last two minutes.
+//!
+//! Computed here from larder's own counters (`Family::stats`) and two
+//! process-wide counters, so the page needs no Prometheus server.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hdrhistogram::Histogram;
+use larder::FamilyStats;
+use serde::Serialize;
+use tokio::task::JoinHandle;
+
+use crate::app::AppState;
+
+/// Samples kept (one per second).
+pub const KEEP: usize = 120;
+
+/// Every database query, counted by `Db::bounded` (and the `/metrics`
+/// counter beside it).
+pub static DB_QUERIES: AtomicU64 = AtomicU64::new(0);
+
+/// One second of the service.
+#[derive(Debug, Clone, Serialize)]
+pub struct Point {
+    /// Unix milliseconds at the end of the second.
+    pub t: u64,
+    /// Requests answered.
+    pub requests_per_sec: f64,
+    /// Median latency; `None` without requests.
+    pub p50_ms: Option<f64>,
+    /// 99th percentile latency.
+    pub p99_ms: Option<f64>,
+    /// Database queries.
+    pub db_queries_per_sec: f64,
+    /// Per family: share of lookups answered without the loader.
+    pub hit_rate: BTreeMap<String, Option<f64>>,
+    /// `none`, `closed`, `open` or `half_open`.
+    pub breaker: &'static str,
+    /// Write-behind entries waiting.
+    pub write_behind_pending: u64,
+    /// Age of the oldest.
+    pub write_behind_lag_ms: u64,
+}
+
+/// Request latencies of the current second and the kept samples.
+///
+/// std `Mutex`es: each is held for a histogram record or a deque push,
+/// never across an `.await`.
+pub struct Live {
+    requests: AtomicU64,
+    latency: Mutex<Histogram<u64>>,
+    points: Mutex<VecDeque<Point>>,
+}
+
+impl Default for Live {
+    fn default() -> Self {
+        Live {
+            requests: AtomicU64::new(0),
+            // Microseconds, 1 µs to 1 h, 2 significant digits.
+            latency: Mutex::new(
+                Histogram::new_with_bounds(1, 3_600_000_000, 2)
+                    .expect("constant histogram bounds are valid"),
+            ),
+            points: Mutex::new(VecDeque::with_capacity(KEEP)),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Live {
+    /// Records one answered request.
+    pub fn record(&self, took: Duration) {
+        self.requests.fetch_add(1, Relaxed);
+        let us = (took.as_micros() as u64).clamp(1, 3_600_000_000);
+        let _ = lock(&self.latency).record(us);
+    }
+
+    /// The kept samples, oldest first.
+    pub fn points(&self) -> Vec<Point> {
+        lock(&self.points).iter().cloned().collect()
+    }
+}
+
+fn breaker(app: &AppState) -> &'static str {
+    match app.cache.redis_breaker() {
+        None => "none",
+        Some(larder::BreakerState::Closed) => "closed",
+        Some(larder::BreakerState::Open) => "open",
+        Some(larder::BreakerState::HalfOpen) => "half_open",
+    }
+}
+
+/// The breaker state as the dashboard names it.
+pub fn redis_state(app: &AppState) -> &'static str {
+    breaker(app)
+}
+
+/// Starts the once-a-second sampler; it stops when the handle is dropped.
+pub fn spawn(app: AppState) -> Sampler {
+    Sampler(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_db = DB_QUERIES.load(Relaxed);
+        let mut last_families: Vec<(String, FamilyStats)> = app.family_stats();
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let requests = app.live.requests.swap(0, Relaxed);
+            let (p50, p99) = {
+                let mut h = lock(&app.live.latency);
+                let out = if h.is_empty() {
+                    (None, None)
+                } else {
+                    (
+                        Some(h.value_at_quantile(0.5) as f64 / 1000.0),
+                        Some(h.value_at_quantile(0.99) as f64 / 1000.0),
+                    )
+                };
+                h.reset();
+                out
+            };
+            let db = DB_QUERIES.load(Relaxed);
+            let families = app.family_stats();
+            let mut hit_rate = BTreeMap::new();
+            let (mut pending, mut lag) = (0, 0);
+            for (name, now) in &families {
+                let before = last_families
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, s)| *s)
+                    .unwrap_or_default();
+                let lookups = now.requests().saturating_sub(before.requests());
+                let misses = now.misses.saturating_sub(before.misses);
+                hit_rate.insert(
+                    name.clone(),
+                    (lookups > 0).then(|| (lookups - misses.min(lookups)) as f64 / lookups as f64),
+                );
+                pending += now.write_behind_pending;
+                lag = lag.max(now.write_behind_lag_ms);
+            }
+            let point = Point {
+                t: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0),
+                requests_per_sec: requests as f64,
+                p50_ms: p50,
+                p99_ms: p99,
+                db_queries_per_sec: db.saturating_sub(last_db) as f64,
+                hit_rate,
+                breaker: breaker(&app),
+                write_behind_pending: pending,
+                write_behind_lag_ms: lag,
+            };
+            last_db = db;
+            last_families = families;
+            let mut points = lock(&app.live.points);
+            if points.len() == KEEP {
+                points.pop_front();
+            }
+            points.push_back(point);
+        }
+    }))
+}
+
+/// The running sampler; dropping it stops it.
+pub struct Sampler(JoinHandle<()>);
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Shared handle.
+pub type LiveHandle = Arc<Live>;

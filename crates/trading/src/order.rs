@@ -1,0 +1,150 @@
+//! Orders, balances and trades: the article's "never cache" data. Every
+//! read goes to the database; an order executes in one transaction.
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+/// Largest quantity one order may ask for.
+pub const MAX_QTY: i64 = 1_000_000;
+
+/// Buy or sell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    /// Pay cash, get shares.
+    Buy,
+    /// Give shares, get cash.
+    Sell,
+}
+
+impl Side {
+    /// As stored in the `trades.side` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Buy => "buy",
+            Side::Sell => "sell",
+        }
+    }
+
+    /// From the `trades.side` column.
+    pub fn parse(s: &str) -> Option<Side> {
+        match s {
+            "buy" => Some(Side::Buy),
+            "sell" => Some(Side::Sell),
+            _ => None,
+        }
+    }
+}
+
+/// `POST /api/orders`: a market order for the caller, executed at once at
+/// the instrument's last price.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderRequest {
+    /// Ticker symbol.
+    pub symbol: String,
+    /// Buy or sell.
+    pub side: Side,
+    /// Shares, 1 to [`MAX_QTY`].
+    pub qty: i64,
+}
+
+impl OrderRequest {
+    /// Checks what serde cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if !crate::watchlist::valid_symbol(&self.symbol) {
+            return Err("symbol must be 1 to 20 of A-Z, 0-9, `.`, `&`, `-`".into());
+        }
+        if !(1..=MAX_QTY).contains(&self.qty) {
+            return Err(format!("qty must be between 1 and {MAX_QTY}"));
+        }
+        Ok(())
+    }
+}
+
+/// One executed trade.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trade {
+    /// The trade's id (increasing).
+    pub trade_id: i64,
+    /// Ticker symbol.
+    pub symbol: String,
+    /// Buy or sell.
+    pub side: Side,
+    /// Shares.
+    pub qty: i64,
+    /// Price per share it executed at.
+    pub price: Decimal,
+    /// `qty * price`: what the balance paid or received.
+    pub amount: Decimal,
+    /// When, RFC 3339.
+    pub executed_at: String,
+}
+
+/// The answer to an executed order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// Whose order.
+    pub user_id: i64,
+    /// The trade it made.
+    #[serde(flatten)]
+    pub trade: Trade,
+    /// The cash balance after it.
+    pub balance: Decimal,
+}
+
+/// `GET /api/users/{id}/balance`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Balance {
+    /// Whose.
+    pub user_id: i64,
+    /// Cash available.
+    pub balance: Decimal,
+}
+
+/// Unix milliseconds as RFC 3339 (UTC, milliseconds).
+pub fn rfc3339(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn orders_are_validated() {
+        let ok = OrderRequest {
+            symbol: "TCS".into(),
+            side: Side::Buy,
+            qty: 10,
+        };
+        assert!(ok.validate().is_ok());
+        for (symbol, qty) in [
+            ("TCS", 0),
+            ("TCS", -1),
+            ("TCS", MAX_QTY + 1),
+            ("", 1),
+            ("*", 1),
+        ] {
+            let bad = OrderRequest {
+                symbol: symbol.into(),
+                qty,
+                ..ok.clone()
+            };
+            assert!(bad.validate().is_err(), "{symbol} {qty}");
+        }
+        let unknown: Result<OrderRequest, _> =
+            serde_json::from_str(r#"{"symbol":"TCS","side":"buy","qty":1,"price":"1"}"#);
+        assert!(unknown.is_err(), "a client cannot name its own price");
+        let side: Result<OrderRequest, _> =
+            serde_json::from_str(r#"{"symbol":"TCS","side":"short","qty":1}"#);
+        assert!(side.is_err());
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_500), "1970-01-01T00:00:01.500Z");
+    }
+}
