@@ -180,6 +180,13 @@ pub(crate) static LEASE: LazyLock<redis::Script> = LazyLock::new(|| {
 if redis.call('GETRANGE', KEYS[1], 0, #ARGV[3] > 0 and #ARGV[3] - 1 or 0) ~= ARGV[3] then
   return 2
 end
+if #ARGV < 4 then
+  -- No orphans (the usual case): one SET NX.
+  if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+    return 1
+  end
+  return 0
+end
 local cur = redis.call('GET', KEYS[2])
 local mine = not cur
 for i = 4, #ARGV do

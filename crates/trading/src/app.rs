@@ -54,6 +54,11 @@ pub struct AppState {
     pub hub: Hub,
     /// The dashboard's samples.
     pub live: Arc<Live>,
+    /// Password checks allowed at once. argon2 takes ~19 MiB and tens of
+    /// milliseconds of a core per check: without a bound, a burst of logins
+    /// from many addresses would fill the blocking pool (512 threads, ~10
+    /// GiB) instead of queueing.
+    pub login_slots: Arc<tokio::sync::Semaphore>,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
 }
@@ -140,6 +145,9 @@ impl AppState {
             limits: Arc::new(limits),
             hub,
             live: Arc::new(Live::default()),
+            login_slots: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            )),
             metrics,
         })
     }

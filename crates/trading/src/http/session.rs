@@ -60,7 +60,13 @@ async fn login(
         // enumeration by timing).
         _ => (None, password::decoy().to_string()),
     };
-    // argon2 is CPU-bound by design: off the async workers.
+    // argon2 is CPU-bound by design: off the async workers, a core's worth
+    // at a time (the request's deadline bounds the wait for a slot).
+    let _slot = app
+        .login_slots
+        .acquire()
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?;
     let pw = creds.password;
     let ok = tokio::task::spawn_blocking(move || password::verify(&pw, &stored))
         .await
