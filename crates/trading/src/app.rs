@@ -199,6 +199,32 @@ pub struct Background {
     worker: WorkerHandle,
     _feed: Option<feed::Feed>,
     _sampler: live::Sampler,
+    _sweeper: Sweeper,
+}
+
+/// The session sweeper; dropping it stops it.
+struct Sweeper(tokio::task::JoinHandle<()>);
+
+impl Drop for Sweeper {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Deletes expired session rows every ten minutes (logins would otherwise
+/// grow the table for ever: an expired session is refused, not removed).
+fn sweep_sessions(db: Db) -> Sweeper {
+    Sweeper(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(600));
+        loop {
+            tick.tick().await;
+            match db.sweep_sessions(crate::session::now_ms()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(sessions = n, "expired sessions deleted"),
+                Err(e) => tracing::debug!(error = %e, "session sweep failed; next in 10 minutes"),
+            }
+        }
+    }))
 }
 
 impl Background {
@@ -221,6 +247,7 @@ impl Background {
             worker,
             _feed: feed::spawn(state.clone(), price_updates_per_sec),
             _sampler: live::spawn(state.clone()),
+            _sweeper: sweep_sessions(state.db.clone()),
         }
     }
 

@@ -157,6 +157,14 @@ async fn sessions_expire_and_slide() {
             StatusCode::UNAUTHORIZED,
             "{setup:?}: an expired session"
         );
+        // The background sweep removes the row.
+        let swept = state
+            .db
+            .sweep_sessions(trading::session::now_ms())
+            .await
+            .unwrap();
+        assert_eq!(swept, 1, "{setup:?}");
+        assert_eq!(state.db.session(&hash, 0).await.unwrap(), None);
     }
 }
 
@@ -552,11 +560,19 @@ async fn next_price(
 async fn websocket_streams_the_prices_asked_for() {
     for setup in BOTH {
         let (state, router, _db) = support::start(setup, false).await;
-        let addr = support::serve(router).await;
+        let addr = support::serve(router.clone()).await;
         let url = format!("ws://{addr}/ws/prices?symbols=TCS,INFY");
         let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
         // The handler took its slot (and subscribed) before answering 101.
         assert_eq!(state.hub.connections(), 1);
+        // First the current prices, in symbol order.
+        let (infy, tcs) = (next_price(&mut ws).await, next_price(&mut ws).await);
+        assert_eq!(
+            (infy["symbol"].as_str(), tcs["symbol"].as_str()),
+            (Some("INFY"), Some("TCS"))
+        );
+        let (_, _, now) = call(&router, "GET", "/api/stocks/TCS/price", None, None).await;
+        assert_eq!(tcs["price"], now["price"]);
         if setup == Setup::Production {
             wait_for_relay(&state).await;
         }
@@ -660,6 +676,7 @@ async fn two_instances_see_each_others_writes() {
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws/prices?symbols=LT"))
         .await
         .unwrap();
+    assert_eq!(next_price(&mut ws).await["symbol"], "LT", "the snapshot");
     wait_for_relay(&b_state).await;
     let p = trading::feed::update_price(&a_state, "LT", Decimal::new(333_300, 2))
         .await

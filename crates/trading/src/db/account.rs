@@ -173,6 +173,26 @@ impl Db {
         .await
     }
 
+    /// Deletes expired sessions; returns how many.
+    pub async fn sweep_sessions(&self, now_ms: u64) -> Result<u64, DbError> {
+        self.bounded("sweep_sessions", async {
+            let sql = "DELETE FROM sessions WHERE expires_at_ms <= $1";
+            Ok(match self {
+                Db::Postgres(pool) => sqlx::query(sql)
+                    .bind(now_ms as i64)
+                    .execute(pool)
+                    .await?
+                    .rows_affected(),
+                Db::Sqlite(pool) => sqlx::query(sql)
+                    .bind(now_ms as i64)
+                    .execute(pool)
+                    .await?
+                    .rows_affected(),
+            })
+        })
+        .await
+    }
+
     /// The user's cash balance; `None` if no such user. Never cached.
     pub async fn balance(&self, user_id: i64) -> Result<Option<Decimal>, DbError> {
         self.bounded("balance", async {

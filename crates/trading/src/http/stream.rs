@@ -1,6 +1,8 @@
-//! `GET /ws/prices?symbols=TCS,INFY`: a WebSocket that pushes each price
-//! update of the symbols asked for (`{"symbol","price","version"}`), from
-//! whichever instance's feed made it (see [`crate::stream`]).
+//! `GET /ws/prices?symbols=TCS,INFY`: a WebSocket that first sends the
+//! current price of each symbol asked for (from the cache, one multi-key
+//! round trip), then pushes each update (`{"symbol","price","version"}`),
+//! from whichever instance's feed made it (see [`crate::stream`]). A client
+//! may see a price twice around the snapshot; `version` orders them.
 //!
 //! Memory per connection is bounded: small read and write buffers, one
 //! receiver on the shared ring, and a client that cannot keep up (it falls
@@ -61,11 +63,14 @@ async fn prices(
             "symbols: 1 to {MAX_SYMBOLS} comma-separated symbols of A-Z, 0-9, `.`, `&`, `-`"
         )));
     }
+    // Subscribed before the snapshot is read: an update in between is
+    // delivered (perhaps twice), never lost.
     let Some((slot, rx)) = app.hub.subscribe() else {
         return Err(ApiError::Unavailable(anyhow::anyhow!(
             "this instance holds its maximum of price-stream connections"
         )));
     };
+    let snapshot = snapshot(&app, &symbols).await;
     Ok(ws
         // Clients only send pings and close frames.
         .max_message_size(4 * 1024)
@@ -74,16 +79,53 @@ async fn prices(
         .read_buffer_size(4 * 1024)
         .write_buffer_size(0)
         .max_write_buffer_size(64 * 1024)
-        .on_upgrade(move |socket| follow(socket, symbols, rx, slot)))
+        .on_upgrade(move |socket| follow(socket, snapshot, symbols, rx, slot)))
+}
+
+/// The current prices of `symbols` as JSON texts (unknown symbols left
+/// out). Without them (the database is down and nothing is cached) the
+/// stream starts with the next update.
+async fn snapshot(app: &AppState, symbols: &HashSet<String>) -> Vec<String> {
+    let mut wanted: Vec<String> = symbols.iter().cloned().collect();
+    wanted.sort();
+    let db = app.db.clone();
+    let found = app
+        .prices
+        .get_many(&wanted, move |missing: Vec<String>| async move {
+            db.prices(&missing).await.map(|found| {
+                found
+                    .into_iter()
+                    .collect::<std::collections::HashMap<_, _>>()
+            })
+        })
+        .await;
+    match found {
+        Ok(prices) => prices
+            .into_iter()
+            .flatten()
+            .filter_map(|p| serde_json::to_string(&*p).ok())
+            .collect(),
+        Err(e) => {
+            tracing::debug!(error = %e, "price stream: no snapshot");
+            Vec::new()
+        }
+    }
 }
 
 /// Pushes matching ticks until the client leaves or falls behind.
 async fn follow(
     mut socket: WebSocket,
+    snapshot: Vec<String>,
     symbols: HashSet<String>,
     mut rx: tokio::sync::broadcast::Receiver<Tick>,
     _slot: Slot,
 ) {
+    for json in snapshot {
+        match tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::text(json))).await {
+            Ok(Ok(())) => {}
+            _ => return,
+        }
+    }
     loop {
         tokio::select! {
             tick = rx.recv() => match tick {
