@@ -46,7 +46,24 @@ pub struct OrderRequest {
     /// Buy or sell.
     pub side: Side,
     /// Shares, 1 to [`MAX_QTY`].
+    #[serde(deserialize_with = "whole_number")]
     pub qty: i64,
+}
+
+/// An integer as JSON Schema counts them: `3` or `3.0` (a client in a
+/// language with only floats sends the latter), never `3.5`.
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    match serde_json::Number::deserialize(d)? {
+        n if n.is_i64() => n
+            .as_i64()
+            .ok_or_else(|| serde::de::Error::custom("not an integer")),
+        n => match n.as_f64() {
+            Some(f) if f.fract() == 0.0 && f.abs() <= 9.0e15 => Ok(f as i64),
+            _ => Err(serde::de::Error::custom(format!(
+                "{n} is not a whole number"
+            ))),
+        },
+    }
 }
 
 impl OrderRequest {
@@ -140,6 +157,16 @@ mod tests {
         let side: Result<OrderRequest, _> =
             serde_json::from_str(r#"{"symbol":"TCS","side":"short","qty":1}"#);
         assert!(side.is_err());
+        let whole: OrderRequest =
+            serde_json::from_str(r#"{"symbol":"TCS","side":"buy","qty":3.0}"#).unwrap();
+        assert_eq!(whole.qty, 3);
+        for qty in ["3.5", "\"3\"", "1e300", "true"] {
+            let body = format!(r#"{{"symbol":"TCS","side":"buy","qty":{qty}}}"#);
+            assert!(
+                serde_json::from_str::<OrderRequest>(&body).is_err(),
+                "{qty}"
+            );
+        }
     }
 
     #[test]

@@ -81,6 +81,16 @@ async fn sessions_authenticate_and_authorize() {
             "cannot change another's watchlist"
         );
 
+        // The service token acts for users; it has no session of its own.
+        let service = Some(support::SERVICE_TOKEN);
+        let (status, _, _) = call(&router, "GET", "/api/sessions/me", None, service).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let (status, _, _) = call(&router, "DELETE", "/api/sessions/me", None, service).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let order = r#"{"symbol":"TCS","side":"buy","qty":1}"#;
+        let (status, _, _) = call(&router, "POST", "/api/orders", Some(order), service).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+
         // The raw token is stored nowhere: Redis keys and values carry its
         // hash only.
         if setup == Setup::Production {
@@ -590,6 +600,13 @@ async fn websocket_streams_the_prices_asked_for() {
         assert_eq!(next_price(&mut ws).await["symbol"], "INFY");
         drop(ws);
 
+        // A plain GET (no upgrade) is a JSON 400, like any client error.
+        let (status, _, body) = call(&router, "GET", "/ws/prices?symbols=TCS", None, None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(
+            body["error"].as_str().unwrap().contains("WebSocket"),
+            "{body}"
+        );
         // Bad requests are refused before the upgrade.
         for query in ["", "?symbols=", "?symbols=*", "?other=1"] {
             let url = format!("ws://{addr}/ws/prices{query}");

@@ -106,9 +106,8 @@ async fn login(
 
 async fn me(State(app): State<AppState>, caller: Caller) -> Result<Json<Me>, ApiError> {
     let Caller::User { token_hash, .. } = caller else {
-        return Err(ApiError::BadRequest(
-            "the service token has no session".into(),
-        ));
+        // The service token acts for users; it is not a session.
+        return Err(ApiError::Forbidden);
     };
     // Read again: the extractor may just have extended it.
     let s = app
@@ -125,9 +124,8 @@ async fn me(State(app): State<AppState>, caller: Caller) -> Result<Json<Me>, Api
 /// returns, the token is refused everywhere.
 async fn logout(State(app): State<AppState>, caller: Caller) -> Result<StatusCode, ApiError> {
     let Caller::User { token_hash, .. } = caller else {
-        return Err(ApiError::BadRequest(
-            "the service token has no session".into(),
-        ));
+        // The service token acts for users; it is not a session.
+        return Err(ApiError::Forbidden);
     };
     app.db.delete_session(&token_hash, now_ms()).await?;
     app.sessions.invalidate(&token_hash).await?;

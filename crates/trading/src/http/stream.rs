@@ -43,8 +43,16 @@ struct StreamQuery {
 async fn prices(
     State(app): State<AppState>,
     query: Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
+    // A plain GET (a browser tab, a health checker) gets a JSON 400 like
+    // every other client error, not axum's plain-text rejection.
+    let ws = ws.map_err(|e| {
+        ApiError::BadRequest(format!(
+            "a WebSocket upgrade is expected: {}",
+            e.body_text()
+        ))
+    })?;
     let Query(query) = query.map_err(|_| {
         ApiError::BadRequest("give the symbols to follow: /ws/prices?symbols=TCS,INFY".into())
     })?;
