@@ -289,8 +289,8 @@ pub async fn prepare(args: &ServeArgs) -> anyhow::Result<AppState> {
         tracing::info!(took = ?started.elapsed(), "seeded");
     }
     if db.has_missing_passwords().await? {
-        // Seeded users log in with the demo password; each gets its own
-        // salt would cost 100,000 argon2 runs, so they share one hash.
+        // Seeded users log in with the demo password. A salt per user would
+        // cost 100,000 argon2 runs at start, so they share one hash.
         let phc = tokio::task::spawn_blocking(|| {
             crate::session::password::hash(crate::session::DEMO_PASSWORD)
         })

@@ -16,9 +16,10 @@ pub const SESSION_TTL: Duration = Duration::from_secs(30 * 60);
 /// not turn every read into a database write.
 pub const EXTEND_EVERY: Duration = Duration::from_secs(60);
 
-/// The password every seeded (demo) user has. Seeded users share it so that
-/// seeding 100,000 users does not spend minutes in argon2; each stored hash
-/// still has its own salt.
+/// The password every seeded (demo) user has. Seeded users share it, and
+/// one argon2id hash of it (one salt), so that seeding 100,000 users does
+/// not spend minutes in argon2. Demo data only: a real account's hash has
+/// a salt of its own.
 pub const DEMO_PASSWORD: &str = "larder-demo";
 
 /// A session as cached (`session:{token_hash}`) and stored.
