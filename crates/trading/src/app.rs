@@ -165,6 +165,22 @@ impl AppState {
             .await?)
     }
 
+    /// The prices of `symbols`, in order (`None`: no such instrument): one
+    /// multi-key cache round trip, one query for the ones missing.
+    pub async fn prices_of(&self, symbols: &[String]) -> Result<Vec<Option<Arc<Price>>>, ApiError> {
+        let db = self.db.clone();
+        Ok(self
+            .prices
+            .get_many(symbols, move |missing: Vec<String>| async move {
+                db.prices(&missing).await.map(|found| {
+                    found
+                        .into_iter()
+                        .collect::<std::collections::HashMap<_, _>>()
+                })
+            })
+            .await?)
+    }
+
     /// Every family's counters, by name (the dashboard's hit rates).
     pub fn family_stats(&self) -> Vec<(String, larder::FamilyStats)> {
         vec![

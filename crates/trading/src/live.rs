@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
@@ -89,18 +89,15 @@ impl Live {
     }
 }
 
-fn breaker(app: &AppState) -> &'static str {
+/// The Redis breaker as the dashboard and `/readyz` name it: `none`
+/// (no Redis), `closed`, `open` or `half_open`.
+pub fn redis_state(app: &AppState) -> &'static str {
     match app.cache.redis_breaker() {
         None => "none",
         Some(larder::BreakerState::Closed) => "closed",
         Some(larder::BreakerState::Open) => "open",
         Some(larder::BreakerState::HalfOpen) => "half_open",
     }
-}
-
-/// The breaker state as the dashboard names it.
-pub fn redis_state(app: &AppState) -> &'static str {
-    breaker(app)
 }
 
 /// Starts the once-a-second sampler; it stops when the handle is dropped.
@@ -156,7 +153,7 @@ pub fn spawn(app: AppState) -> Sampler {
                 p99_ms: p99,
                 db_queries_per_sec: db.saturating_sub(last_db) as f64,
                 hit_rate,
-                breaker: breaker(&app),
+                breaker: redis_state(&app),
                 write_behind_pending: pending,
                 write_behind_lag_ms: lag,
             };
@@ -179,6 +176,3 @@ impl Drop for Sampler {
         self.0.abort();
     }
 }
-
-/// Shared handle.
-pub type LiveHandle = Arc<Live>;

@@ -9,9 +9,6 @@ use super::{Db, DbError};
 use crate::order::{Receipt, Side, Trade, rfc3339};
 use crate::session::Session;
 
-/// A session row.
-pub type StoredSession = Session;
-
 /// What an order came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OrderOutcome {

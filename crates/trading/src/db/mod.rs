@@ -13,7 +13,7 @@ mod profile;
 pub mod seed;
 mod watchlist;
 
-pub use account::{OrderOutcome, StoredSession};
+pub use account::OrderOutcome;
 
 use std::borrow::Cow;
 use std::str::FromStr;

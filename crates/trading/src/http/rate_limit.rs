@@ -138,22 +138,17 @@ pub async fn limit(State(app): State<AppState>, req: Request, next: Next) -> Res
         metrics::counter!("trading_rate_limited_total", "limit" => "ip").increment(1);
         return retry_after(wait).into_response();
     }
-    if let Some(per_session) = &limits.per_session {
-        let (parts, body) = req.into_parts();
-        let token = bearer(&parts).map(str::to_owned);
-        let req = Request::from_parts(parts, body);
-        let is_service = match (&token, &app.service_token) {
-            (Some(t), Some(s)) => crate::session::constant_time_eq(t.as_bytes(), s.as_bytes()),
-            _ => false,
-        };
-        if let Some(token) = token
-            && !is_service
-            && let Err(wait) = per_session.check(("session", token), now)
-        {
+    if let Some(per_session) = &limits.per_session
+        && let Some(token) = bearer(req.headers())
+    {
+        let is_service = app
+            .service_token
+            .as_deref()
+            .is_some_and(|s| crate::session::constant_time_eq(token.as_bytes(), s.as_bytes()));
+        if !is_service && let Err(wait) = per_session.check(("session", token), now) {
             metrics::counter!("trading_rate_limited_total", "limit" => "session").increment(1);
             return retry_after(wait).into_response();
         }
-        return next.run(req).await;
     }
     next.run(req).await
 }

@@ -96,18 +96,7 @@ async fn prices(
 async fn snapshot(app: &AppState, symbols: &HashSet<String>) -> Vec<String> {
     let mut wanted: Vec<String> = symbols.iter().cloned().collect();
     wanted.sort();
-    let db = app.db.clone();
-    let found = app
-        .prices
-        .get_many(&wanted, move |missing: Vec<String>| async move {
-            db.prices(&missing).await.map(|found| {
-                found
-                    .into_iter()
-                    .collect::<std::collections::HashMap<_, _>>()
-            })
-        })
-        .await;
-    match found {
+    match app.prices_of(&wanted).await {
         Ok(prices) => prices
             .into_iter()
             .flatten()

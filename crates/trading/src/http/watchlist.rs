@@ -44,17 +44,7 @@ async fn watchlist(
         .get_or_load(&id, move || async move { db.watchlist(id).await })
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("user {id} not found")))?;
-    let db = app.db.clone();
-    let found = app
-        .prices
-        .get_many(&watchlist.symbols, move |missing: Vec<String>| async move {
-            db.prices(&missing).await.map(|found| {
-                found
-                    .into_iter()
-                    .collect::<std::collections::HashMap<_, _>>()
-            })
-        })
-        .await?;
+    let found = app.prices_of(&watchlist.symbols).await?;
     let prices = watchlist.symbols.iter().cloned().zip(found).collect();
     Ok(Json(WithPrices { watchlist, prices }))
 }

@@ -117,48 +117,16 @@ pub async fn settings(setup: Setup, no_cache: bool) -> (ServeArgs, Backing) {
     }
 }
 
+/// `GET path` as the service token; the status and the JSON answer.
 pub async fn get(router: &Router, path: &str) -> (StatusCode, Value) {
-    let response = router
-        .clone()
-        .oneshot(
-            Request::get(path)
-                .header("authorization", bearer())
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let status = response.status();
-    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
-        .await
-        .unwrap();
-    let json = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|_| panic!("{path}: body is not JSON: {bytes:?}"));
+    let (status, _, json) = call(router, "GET", path, None, Some(SERVICE_TOKEN)).await;
     (status, json)
 }
 
-/// Sends `method path` with a JSON body; returns the status and the JSON
-/// answer.
+/// Sends `method path` with a JSON body as the service token; returns the
+/// status and the JSON answer.
 pub async fn send(router: &Router, method: &str, path: &str, body: &str) -> (StatusCode, Value) {
-    let response = router
-        .clone()
-        .oneshot(
-            Request::builder()
-                .method(method)
-                .uri(path)
-                .header("content-type", "application/json")
-                .header("authorization", bearer())
-                .body(Body::from(body.to_string()))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let status = response.status();
-    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
-        .await
-        .unwrap();
-    let json = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|_| panic!("{method} {path}: body is not JSON: {bytes:?}"));
+    let (status, _, json) = call(router, method, path, Some(body), Some(SERVICE_TOKEN)).await;
     (status, json)
 }
 
