@@ -140,9 +140,12 @@ async fn every_queued_write_lands_as_last_written_even_when_a_worker_dies_mid_ba
             last
         };
         // Worker 1's unacknowledged entries become claimable after
-        // `claim_idle`; worker 2 persists them with the rest.
+        // `claim_idle`; worker 2 persists them with the rest. The rows can
+        // be right before that (newer writes of the same keys landed), so
+        // wait for the queue to be empty too, as worker 2 sees it: a
+        // shutdown does not wait for entries another worker still holds.
         bounded("drain", async {
-            while rows(&pool).await != last {
+            while rows(&pool).await != last || kv.stats().write_behind_pending != 0 {
                 tokio::task::yield_now().await;
             }
         })
