@@ -16,7 +16,7 @@
 //! State lives behind a std `Mutex`: it is held for a few instructions and
 //! never across an `.await`, which a tokio mutex would only make slower.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
@@ -103,8 +103,11 @@ pub(crate) struct Breaker {
     /// A probe that has not reported after this long is presumed lost (its
     /// future was dropped) and another is let through.
     probe_deadline: Duration,
-    /// Woken on every recovery (open → closed).
-    recovered: Notify,
+    /// Woken on every recovery (open → closed). Shared by the breakers of
+    /// a cluster's masters, so that one task hears every recovery.
+    recovered: Arc<Notify>,
+    /// The cluster master this breaker guards (`None`: the only server).
+    node: Option<Arc<str>>,
 }
 
 impl Breaker {
@@ -113,7 +116,26 @@ impl Breaker {
             phase: Mutex::new(Phase::Closed { failures: 0 }),
             settings,
             probe_deadline: op_timeout * 2 + Duration::from_millis(100),
-            recovered: Notify::new(),
+            recovered: Arc::new(Notify::new()),
+            node: None,
+        };
+        breaker.publish(BreakerState::Closed);
+        breaker
+    }
+
+    /// The breaker of one cluster master; its recoveries wake `recovered`.
+    pub fn for_node(
+        settings: BreakerSettings,
+        op_timeout: Duration,
+        node: &Arc<str>,
+        recovered: Arc<Notify>,
+    ) -> Self {
+        let breaker = Breaker {
+            phase: Mutex::new(Phase::Closed { failures: 0 }),
+            settings,
+            probe_deadline: op_timeout * 2 + Duration::from_millis(100),
+            recovered,
+            node: Some(Arc::clone(node)),
         };
         breaker.publish(BreakerState::Closed);
         breaker
@@ -200,11 +222,15 @@ impl Breaker {
             match state {
                 BreakerState::Open => {
                     tracing::warn!(
+                        node = self.node.as_deref().unwrap_or("redis"),
                         "redis circuit breaker open: serving from L1 and loaders, skipping redis"
                     )
                 }
                 BreakerState::Closed => {
-                    tracing::info!("redis circuit breaker closed: redis answers again");
+                    tracing::info!(
+                        node = self.node.as_deref().unwrap_or("redis"),
+                        "redis circuit breaker closed: redis answers again"
+                    );
                     self.recovered.notify_waiters();
                 }
                 BreakerState::HalfOpen => {}
@@ -221,13 +247,21 @@ impl Breaker {
         }
     }
 
-    /// Resolves at the next recovery (open → closed).
-    pub fn recovered(&self) -> tokio::sync::futures::Notified<'_> {
-        self.recovered.notified()
+    /// What is woken at each recovery, for a task that outlives a borrow.
+    pub fn recovered_handle(&self) -> Arc<Notify> {
+        Arc::clone(&self.recovered)
     }
 
     fn publish(&self, state: BreakerState) {
-        metrics::gauge!("larder_redis_breaker_state").set(state.as_gauge());
+        match &self.node {
+            // One gauge per master; `larder_redis_breaker_state` carries the
+            // worst of them (set by the cluster's slot-map refresher).
+            Some(node) => {
+                metrics::gauge!("larder_redis_node_breaker_state", "node" => node.to_string())
+                    .set(state.as_gauge())
+            }
+            None => metrics::gauge!("larder_redis_breaker_state").set(state.as_gauge()),
+        }
         let to = match state {
             BreakerState::Closed => "closed",
             BreakerState::Open => "open",

@@ -14,7 +14,7 @@ use crate::notify::{self, Waiters};
 use crate::policy::{Policies, Policy};
 use crate::recovery::{self, Deferred};
 use crate::tier::memory::MemoryTier;
-use crate::tier::redis::{RedisSettings, RedisTier};
+use crate::tier::redis::{Deployment, RedisSettings, RedisTier};
 
 /// Default byte budget of the in-process tier.
 pub const DEFAULT_L1_MAX_BYTES: u64 = 64 * 1024 * 1024;
@@ -53,6 +53,8 @@ pub const DEFAULT_BUS_MAX_LEN: usize = 100_000;
 pub struct CacheBuilder {
     namespace: String,
     redis_url: Option<String>,
+    redis_cluster: Option<Vec<String>>,
+    redis_sentinel: Option<(Vec<String>, String)>,
     redis_timeout: Duration,
     redis_connect_timeout: Duration,
     redis_breaker: BreakerSettings,
@@ -63,6 +65,7 @@ pub struct CacheBuilder {
     enabled: bool,
     bus: bool,
     bus_max_len: usize,
+    write_behind_replicas: Option<(u32, Duration)>,
     policies: Policies,
 }
 
@@ -71,7 +74,15 @@ impl std::fmt::Debug for CacheBuilder {
         // The Redis URL may carry a password: say only whether there is one.
         f.debug_struct("CacheBuilder")
             .field("namespace", &self.namespace)
-            .field("redis", &self.redis_url.is_some())
+            .field(
+                "redis",
+                &match (&self.redis_url, &self.redis_cluster, &self.redis_sentinel) {
+                    (Some(_), _, _) => "standalone",
+                    (_, Some(_), _) => "cluster",
+                    (_, _, Some(_)) => "sentinel",
+                    _ => "none",
+                },
+            )
             .field("l1_max_bytes", &self.l1_max_bytes)
             .field("enabled", &self.enabled)
             .finish_non_exhaustive()
@@ -83,6 +94,8 @@ impl Default for CacheBuilder {
         CacheBuilder {
             namespace: "larder".into(),
             redis_url: None,
+            redis_cluster: None,
+            redis_sentinel: None,
             redis_timeout: DEFAULT_REDIS_TIMEOUT,
             redis_connect_timeout: DEFAULT_REDIS_CONNECT_TIMEOUT,
             redis_breaker: BreakerSettings::default(),
@@ -93,6 +106,7 @@ impl Default for CacheBuilder {
             enabled: true,
             bus: true,
             bus_max_len: DEFAULT_BUS_MAX_LEN,
+            write_behind_replicas: None,
             policies: Policies::new(),
         }
     }
@@ -118,6 +132,65 @@ impl CacheBuilder {
     /// in-process only: handy with `std::env::var("REDIS_URL").ok()`.
     pub fn maybe_redis_url(mut self, url: Option<impl Into<String>>) -> Self {
         self.redis_url = url.map(Into::into);
+        self
+    }
+
+    /// Adds the Redis tier on a Redis Cluster, reached through these seed
+    /// nodes (`redis://[user:password@]host:port`, or `rediss://`; one is
+    /// enough, more survive a dead seed). The client learns the slots from
+    /// the cluster and follows `MOVED`/`ASK`, failovers and resharding.
+    ///
+    /// Everything larder guarantees on one server holds on a cluster: every
+    /// key a script touches shares its value's hash tag; batch reads go out
+    /// as one pipeline per master, in parallel; pattern invalidation scans
+    /// every master; each master has its own circuit breaker, so one sick
+    /// master does not send the healthy masters' keys to the database.
+    /// Credentials and TLS are those of the first URL, for every node.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), larder::Error> {
+    /// let cache = larder::Cache::builder()
+    ///     .redis_cluster(["redis://127.0.0.1:7000", "redis://127.0.0.1:7001"])
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn redis_cluster<I, S>(mut self, seed_urls: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.redis_cluster = Some(seed_urls.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Adds the Redis tier on the master that these sentinels monitor as
+    /// `master_name`, and follows it across failovers: the sentinels are
+    /// asked every second, and at once when a command fails as a failover
+    /// makes it fail (I/O error, `READONLY`); on a new master, connections
+    /// move to it and every process's L1 is flushed (the old master may not
+    /// have replicated its last writes).
+    ///
+    /// `sentinel_urls` are `redis://host:port` of the sentinels; their
+    /// credentials (if any) and TLS scheme are used for the master too.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), larder::Error> {
+    /// let cache = larder::Cache::builder()
+    ///     .redis_sentinel(["redis://127.0.0.1:26379", "redis://127.0.0.1:26380"], "mymaster")
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn redis_sentinel<I, S>(mut self, sentinel_urls: I, master_name: impl Into<String>) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.redis_sentinel = Some((
+            sentinel_urls.into_iter().map(Into::into).collect(),
+            master_name.into(),
+        ));
         self
     }
 
@@ -202,6 +275,21 @@ impl CacheBuilder {
         self
     }
 
+    /// Acknowledges a write-behind write only once `replicas` replicas of
+    /// the master holding its queue have the entry (`WAIT replicas
+    /// timeout`), so that a failover cannot lose it; otherwise the write
+    /// returns an error (it may still land). Off by default: a write is then
+    /// acknowledged once it is in the master's memory, and a failover within
+    /// the replication lag (usually under a millisecond) can lose it.
+    ///
+    /// `WAIT` holds the connection it runs on while it waits, and that is
+    /// the shared one: keep `timeout` small (tens of milliseconds), so that a
+    /// missing replica costs each write that long, not every request.
+    pub fn write_behind_replicas(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.write_behind_replicas = (replicas > 0).then_some((replicas, timeout));
+        self
+    }
+
     /// Longest accepted key, in bytes after escaping (default 1024). Longer
     /// keys are refused with [`Error::KeyTooLong`].
     pub fn max_key_len(mut self, bytes: usize) -> Self {
@@ -270,11 +358,40 @@ impl CacheBuilder {
                 }
             }
         }
+        let deployment = match (&self.redis_url, &self.redis_cluster, &self.redis_sentinel) {
+            (None, None, None) => None,
+            (Some(url), None, None) => Some(Deployment::Standalone(url.clone())),
+            (None, Some(seeds), None) => {
+                if seeds.is_empty() {
+                    return Err(Error::RedisUrl(
+                        "redis_cluster needs at least one seed URL".into(),
+                    ));
+                }
+                Some(Deployment::Cluster(seeds.clone()))
+            }
+            (None, None, Some((sentinels, master))) => {
+                if sentinels.is_empty() {
+                    return Err(Error::RedisUrl(
+                        "redis_sentinel needs at least one sentinel URL".into(),
+                    ));
+                }
+                Some(Deployment::Sentinel {
+                    sentinels: sentinels.clone(),
+                    master: master.clone(),
+                })
+            }
+            _ => {
+                return Err(Error::config(
+                    "cache",
+                    "more than one Redis deployment given: use one of redis_url, redis_cluster and redis_sentinel",
+                ));
+            }
+        };
         crate::metrics::describe();
-        let l2 = match &self.redis_url {
-            Some(url) if self.enabled => Some(
+        let l2 = match deployment {
+            Some(deployment) if self.enabled => Some(
                 RedisTier::connect(&RedisSettings {
-                    url: url.clone(),
+                    deployment,
                     op_timeout: self.redis_timeout,
                     connect_timeout: self.redis_connect_timeout,
                     breaker: self.redis_breaker,
@@ -298,7 +415,7 @@ impl CacheBuilder {
         let fill_subscription = match &l2 {
             Some(l2) => {
                 let (subscription, subscribed) = notify::subscribe(
-                    l2.client().clone(),
+                    l2.dialer(),
                     fill_channel.clone(),
                     Arc::clone(&fill_waiters),
                     self.redis_connect_timeout,
@@ -320,7 +437,7 @@ impl CacheBuilder {
         let families: Arc<Families> = Arc::new(Mutex::new(HashMap::new()));
         let listener = match (&l2, &l1, &bus) {
             (Some(l2), Some(l1), Some(bus)) if self.bus => Some(bus::spawn(ListenerSettings {
-                client: l2.client().clone(),
+                dialer: l2.dialer(),
                 publisher: bus.clone(),
                 l1: Arc::clone(l1),
                 flights: Arc::clone(&flights),
@@ -331,7 +448,7 @@ impl CacheBuilder {
             })),
             _ => None,
         };
-        let breaker = l2.as_ref().map(|l2| Arc::clone(l2.breaker()));
+        let recoveries = l2.as_ref().map(|l2| l2.recoveries());
         Ok(Cache {
             // The recovery task holds the cache weakly: it must not keep a
             // dropped cache alive, and dropping the cache stops it.
@@ -352,8 +469,9 @@ impl CacheBuilder {
                 fill_waiters,
                 _fill_subscription: fill_subscription,
                 deferred: Deferred::default(),
+                write_behind_replicas: self.write_behind_replicas,
                 orphaned_leases: Default::default(),
-                _recovery: breaker.map(|breaker| recovery::spawn(weak.clone(), breaker)),
+                _recovery: recoveries.map(|r| recovery::spawn(weak.clone(), r)),
             }),
         })
     }

@@ -30,14 +30,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
-use redis::{Pipeline, Value};
+use redis::Value;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::cache::Families;
 use crate::flight::Flights;
 use crate::tier::memory::MemoryTier;
+use crate::tier::redis::{Batch, Dialer, OwnConn};
 
 /// One invalidation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,7 +131,7 @@ impl Publisher {
     }
 
     /// Appends the publication of `event` to `pipe` (its reply is ignored).
-    pub fn add(&self, pipe: &mut Pipeline, event: &Event) {
+    pub fn add(&self, pipe: &mut Batch, event: &Event) {
         let (field, value) = event.field();
         pipe.cmd("XADD")
             .arg(&self.stream)
@@ -189,7 +189,7 @@ impl Drop for Listener {
 
 /// Settings of the listener.
 pub(crate) struct ListenerSettings {
-    pub client: redis::Client,
+    pub dialer: Dialer,
     pub publisher: Publisher,
     pub l1: Arc<MemoryTier>,
     pub flights: Arc<Flights>,
@@ -227,21 +227,13 @@ async fn listen(settings: ListenerSettings, progress: watch::Sender<Progress>) {
     let mut cursor = Cursor::default();
     let mut backoff = Duration::from_millis(50);
     loop {
-        let conn = tokio::time::timeout(
-            settings.connect_timeout,
-            settings.client.get_multiplexed_async_connection(),
-        )
-        .await;
-        let outcome = match conn {
-            Ok(Ok(mut conn)) => {
+        let generation = settings.dialer.generation();
+        let outcome = match settings.dialer.connect(settings.connect_timeout).await {
+            Ok(mut conn) => {
                 backoff = Duration::from_millis(50);
-                session(&settings, &mut conn, &mut cursor, &progress).await
+                session(&settings, &mut conn, generation, &mut cursor, &progress).await
             }
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(redis::RedisError::from(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "connect timed out",
-            ))),
+            Err(e) => Err(e),
         };
         progress.send_modify(|p| p.connected = false);
         if let Err(e) = outcome {
@@ -268,7 +260,8 @@ fn flush(settings: &ListenerSettings, progress: &watch::Sender<Progress>, reason
 
 async fn session(
     settings: &ListenerSettings,
-    conn: &mut MultiplexedConnection,
+    conn: &mut OwnConn,
+    generation: u64,
     cursor: &mut Cursor,
     progress: &watch::Sender<Progress>,
 ) -> Result<(), SessionEnd> {
@@ -276,25 +269,16 @@ async fn session(
     let name = format!("larder-bus:{}", settings.publisher.id);
     let _: () = tokio::time::timeout(
         settings.op_timeout,
-        redis::cmd("CLIENT")
-            .arg("SETNAME")
-            .arg(&name)
-            .query_async(conn),
+        conn.query_at(
+            redis::cmd("CLIENT").arg("SETNAME").arg(&name),
+            &settings.publisher.stream,
+        ),
     )
     .await
     .map_err(timed_out)??;
 
     // A different server (restart or failover) may have lost anything.
-    let info: String = tokio::time::timeout(
-        settings.op_timeout,
-        redis::cmd("INFO").arg("server").query_async(conn),
-    )
-    .await
-    .map_err(timed_out)??;
-    let run_id = info
-        .lines()
-        .find_map(|l| l.strip_prefix("run_id:"))
-        .map(|s| s.trim().to_string());
+    let run_id = server_id(settings, conn).await?;
     if cursor.server.is_some() && cursor.server != run_id {
         flush(settings, progress, "server_changed");
         cursor.position = None;
@@ -340,7 +324,22 @@ async fn session(
         p.position = position;
     });
 
+    let mut checked = tokio::time::Instant::now();
     loop {
+        // A Sentinel failover moved the master: this connection is on the
+        // old server. Reconnect (and, seeing a new server, flush).
+        if settings.dialer.generation() != generation {
+            return Err(session_end("the redis master changed"));
+        }
+        // On a cluster the connection follows a failover of the stream's
+        // master by itself, so the server is checked again as we go: a
+        // promoted replica may lack what the old master had not replicated.
+        if checked.elapsed() >= SERVER_CHECK_EVERY {
+            checked = tokio::time::Instant::now();
+            if server_id(settings, conn).await? != cursor.server {
+                return Err(session_end("the redis server changed"));
+            }
+        }
         let from = cursor.position.unwrap_or_default().render();
         // The read and the stream's state right after it, in one round trip.
         let mut pipe = redis::pipe();
@@ -410,6 +409,33 @@ async fn session(
             p.applied += applied;
         });
     }
+}
+
+/// How often a connected listener checks that its server is the same.
+const SERVER_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// The `run_id` of the server holding the bus stream.
+async fn server_id(
+    settings: &ListenerSettings,
+    conn: &mut OwnConn,
+) -> Result<Option<String>, SessionEnd> {
+    let info: String = tokio::time::timeout(
+        settings.op_timeout,
+        conn.query_at(redis::cmd("INFO").arg("server"), &settings.publisher.stream),
+    )
+    .await
+    .map_err(timed_out)??;
+    Ok(info
+        .lines()
+        .find_map(|l| l.strip_prefix("run_id:"))
+        .map(|s| s.trim().to_string()))
+}
+
+fn session_end(why: &str) -> SessionEnd {
+    redis::RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::ConnectionReset,
+        why.to_string(),
+    ))
 }
 
 fn timed_out(_: tokio::time::error::Elapsed) -> redis::RedisError {

@@ -20,7 +20,7 @@ use crate::notify::{Subscription, Waiters};
 use crate::policy::CompiledPolicy;
 use crate::recovery::{Deferred, Recovery};
 use crate::tier::memory::MemoryTier;
-use crate::tier::redis::RedisTier;
+use crate::tier::redis::{Batch, RedisTier};
 use crate::write_behind::MemoryQueue;
 
 /// A two-tier cache: an in-process tier (L1) in front of Redis (L2), in front
@@ -113,6 +113,9 @@ pub(crate) struct Shared {
     pub _fill_subscription: Option<Subscription>,
     /// Invalidations waiting for Redis to answer again.
     pub deferred: Deferred,
+    /// How many replicas must hold a write-behind entry before the write is
+    /// acknowledged, and how long to wait for them (`None`: don't wait).
+    pub write_behind_replicas: Option<(u32, Duration)>,
     /// Leases this process could not fill or give back.
     pub orphaned_leases: OrphanedLeases,
     /// The task that replays them at each recovery (with Redis); stops
@@ -280,7 +283,7 @@ impl Cache {
         void_tagged(&shared.flights, &shared.families, &tag);
         let result = match &shared.l2 {
             Some(l2) => {
-                let mut pipe = redis::pipe();
+                let mut pipe = Batch::new();
                 pipe.cmd("INCR").arg(&tag).ignore();
                 // Tag versions may expire: a missing tag reads as 0, which no
                 // entry stamped after an increment matches, so entries only
@@ -292,7 +295,7 @@ impl Cache {
                 if let Some(bus) = &shared.bus {
                     bus.add(&mut pipe, &Event::Tag(tag.clone()));
                 }
-                l2.run_pipe::<()>("INCR (tag)", &pipe).await
+                l2.run_batch::<()>("INCR (tag)", &pipe).await
             }
             None => Ok(()),
         };
@@ -311,7 +314,7 @@ impl Cache {
     /// the `larder_redis_breaker_state` gauge carries the same (0 closed,
     /// 1 half-open, 2 open).
     pub fn redis_breaker(&self) -> Option<BreakerState> {
-        self.shared.l2.as_ref().map(|l2| l2.breaker().state())
+        self.shared.l2.as_ref().map(|l2| l2.breaker_state())
     }
 
     /// Invalidations that could not reach Redis and wait to be replayed

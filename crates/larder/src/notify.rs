@@ -72,7 +72,7 @@ impl Drop for Subscription {
 /// The receiver resolves once the first subscription is in place: a cache
 /// that takes leases before it would miss the fills it waits for.
 pub(crate) fn subscribe(
-    client: redis::Client,
+    dialer: crate::tier::redis::Dialer,
     channel: String,
     waiters: Arc<Waiters>,
     connect_timeout: Duration,
@@ -81,8 +81,12 @@ pub(crate) fn subscribe(
     let task = tokio::spawn(async move {
         let mut subscribed_tx = Some(subscribed_tx);
         let mut backoff = Duration::from_millis(50);
+        // Which node to subscribe on (a cluster's nodes all relay plain
+        // pub/sub): the next one after each failure.
+        let mut attempt = 0usize;
         loop {
             let session = async {
+                let client = dialer.pubsub_client(attempt).map_err(|e| e.to_string())?;
                 let mut pubsub = tokio::time::timeout(connect_timeout, client.get_async_pubsub())
                     .await
                     .map_err(|_| "connect timed out".to_string())?
@@ -106,6 +110,7 @@ pub(crate) fn subscribe(
                 Ok::<(), String>(())
             };
             if let Err(e) = session.await {
+                attempt += 1;
                 tracing::debug!(error = %e, "fill notifications disconnected; reconnecting");
             } else {
                 backoff = Duration::from_millis(50);

@@ -20,15 +20,16 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, Weak};
 
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::Error;
-use crate::breaker::Breaker;
 use crate::breaker::BreakerState;
 use crate::bus::Event;
 use crate::cache::{Shared, TAG_TTL};
 use crate::family::unlink_matching;
 use crate::key::KeyLayout;
+use crate::tier::redis::Batch;
 
 /// The most keys, tags and patterns the journal lists before it gives up
 /// listing and replays as "everything".
@@ -154,12 +155,14 @@ impl Drop for Recovery {
     }
 }
 
-/// Starts the recovery task of the cache behind `shared`.
-pub(crate) fn spawn(shared: Weak<Shared>, breaker: Arc<Breaker>) -> Recovery {
+/// Starts the recovery task of the cache behind `shared`; `recoveries` is
+/// woken whenever a breaker in front of Redis closes (on a cluster, any
+/// master's).
+pub(crate) fn spawn(shared: Weak<Shared>, recoveries: Arc<Notify>) -> Recovery {
     let task = tokio::spawn(async move {
         // Registered before each recovery is handled, so that one landing
         // while the previous replay runs is not missed.
-        let mut next = Box::pin(breaker.recovered());
+        let mut next = Box::pin(recoveries.notified());
         next.as_mut().enable();
         loop {
             let recovered = tokio::select! {
@@ -167,13 +170,14 @@ pub(crate) fn spawn(shared: Weak<Shared>, breaker: Arc<Breaker>) -> Recovery {
                 _ = tokio::time::sleep(TICK) => false,
             };
             if recovered {
-                next.set(breaker.recovered());
+                next.set(recoveries.notified());
                 next.as_mut().enable();
             }
             let Some(shared) = shared.upgrade() else {
                 return;
             };
-            match (recovered, breaker.state()) {
+            let Some(l2) = &shared.l2 else { return };
+            match (recovered, l2.breaker_state()) {
                 (true, _) => recover(&shared).await,
                 (false, BreakerState::Closed) => {
                     if shared.deferred.len() > 0 {
@@ -183,11 +187,7 @@ pub(crate) fn spawn(shared: Weak<Shared>, breaker: Arc<Breaker>) -> Recovery {
                 // Open: a PING, which the breaker lets through as its probe
                 // once it is due (and refuses before, without I/O). Without
                 // it, a process with no traffic would stay open.
-                (false, _) => {
-                    if let Some(l2) = &shared.l2 {
-                        let _ = l2.run::<String>("PING (probe)", &redis::cmd("PING")).await;
-                    }
-                }
+                (false, _) => l2.probe().await,
             }
         }
     });
@@ -243,7 +243,7 @@ async fn replay(shared: &Shared, mut journal: Journal) -> Result<(), (Error, Jou
     }
     let keys: Vec<String> = journal.keys.iter().cloned().collect();
     for batch in keys.chunks(REPLAY_BATCH) {
-        let mut pipe = redis::pipe();
+        let mut pipe = Batch::new();
         for key in batch {
             pipe.cmd("UNLINK")
                 .arg(key)
@@ -257,7 +257,7 @@ async fn replay(shared: &Shared, mut journal: Journal) -> Result<(), (Error, Jou
                 bus.add(&mut pipe, &Event::Key(key.clone()));
             }
         }
-        if let Err(e) = l2.run_pipe::<()>("UNLINK (replay)", &pipe).await {
+        if let Err(e) = l2.run_batch::<()>("UNLINK (replay)", &pipe).await {
             return Err((e, journal));
         }
         for key in batch {
@@ -266,7 +266,7 @@ async fn replay(shared: &Shared, mut journal: Journal) -> Result<(), (Error, Jou
     }
     let tags: Vec<String> = journal.tags.iter().cloned().collect();
     for batch in tags.chunks(REPLAY_BATCH) {
-        let mut pipe = redis::pipe();
+        let mut pipe = Batch::new();
         for tag in batch {
             pipe.cmd("INCR").arg(tag).ignore();
             pipe.cmd("PEXPIRE")
@@ -277,7 +277,7 @@ async fn replay(shared: &Shared, mut journal: Journal) -> Result<(), (Error, Jou
                 bus.add(&mut pipe, &Event::Tag(tag.clone()));
             }
         }
-        if let Err(e) = l2.run_pipe::<()>("INCR (replay)", &pipe).await {
+        if let Err(e) = l2.run_batch::<()>("INCR (replay)", &pipe).await {
             return Err((e, journal));
         }
         for tag in batch {
@@ -289,9 +289,9 @@ async fn replay(shared: &Shared, mut journal: Journal) -> Result<(), (Error, Jou
         let delivered = async {
             unlink_matching(l2, &pattern).await?;
             if let Some(bus) = &shared.bus {
-                let mut pipe = redis::pipe();
+                let mut pipe = Batch::new();
                 bus.add(&mut pipe, &Event::Pattern(pattern.clone()));
-                l2.run_pipe::<()>("XADD (replay)", &pipe).await?;
+                l2.run_batch::<()>("XADD (replay)", &pipe).await?;
             }
             Ok::<(), Error>(())
         };

@@ -3,8 +3,9 @@
 //! Scripts exist where two steps must not interleave with another client's:
 //! reading the stored version and writing a newer value, or enqueueing a
 //! write-behind entry and recording it as pending. Every key a script touches
-//! is passed in `KEYS` and shares the value's hash tag (or is the family's
-//! queue), so the scripts stay valid on a cluster.
+//! is passed in `KEYS` and shares the value's hash tag, so the scripts run on
+//! a cluster too; the one exception, `ENQUEUE_WRITE` (value and family
+//! stream), has a cluster form in two steps (`STAGE_WRITE`).
 
 use std::sync::LazyLock;
 
@@ -53,45 +54,71 @@ return 1
     )
 });
 
-/// Write-behind enqueue: append the write to the family's stream, record it
-/// as pending (read-your-writes), and store it in the cache, atomically.
+/// Stages a queued write: the value, with its version patched in from the
+/// queue entry's id, as the key's pending marker and (unless a newer
+/// version is stored) as its cached value.
 ///
-/// The write's version comes from the stream entry id (`ms << 20 | seq`, the
-/// order Redis gave the writes), patched into the value's header here.
+/// The version comes from the stream entry id (`ms << 20 | seq`, the order
+/// Redis gave the writes), patched into the value's header here.
+const STAGE: &str = r#"
+local function stage(id, value_key, pending_key, encoded, ttl, pending_ttl)
+  local dash = string.find(id, '-', 1, true)
+  local ms = tonumber(string.sub(id, 1, dash - 1))
+  local seq = tonumber(string.sub(id, dash + 1))
+  if seq > 1048575 then seq = 1048575 end
+  -- ms < 2^44 and seq < 2^20: both 32-bit halves of ms << 20 | seq are
+  -- exact in Lua's doubles.
+  local hi = math.floor(ms / 4096)
+  local lo = (ms % 4096) * 1048576 + seq
+  local function be32(x)
+    return string.char(math.floor(x / 16777216) % 256, math.floor(x / 65536) % 256,
+                       math.floor(x / 256) % 256, x % 256)
+  end
+  local v = string.sub(encoded, 1, 13) .. be32(hi) .. be32(lo) .. string.sub(encoded, 22)
+  redis.call('SET', pending_key, v, 'PX', pending_ttl)
+  local cur = redis.call('GET', value_key)
+  if not (versioned(cur) and cmp_version(cur, v) > 0) then
+    if ttl == '0' then
+      redis.call('SET', value_key, v)
+    else
+      redis.call('SET', value_key, v, 'PX', ttl)
+    end
+  end
+end
+"#;
+
+/// Write-behind enqueue on one server: append the write to the family's
+/// stream, record it as pending (read-your-writes), and store it in the
+/// cache, atomically.
 ///
 /// KEYS[1] value key, KEYS[2] pending key, KEYS[3] stream. ARGV[1] encoded
 /// value (version bytes zero), ARGV[2] value TTL ms (`0`: none), ARGV[3]
 /// encoded key parts, ARGV[4] pending-marker TTL ms, ARGV[5] the value key
 /// again (stored in the entry). Returns the stream entry id.
 pub(crate) static ENQUEUE_WRITE: LazyLock<redis::Script> = LazyLock::new(|| {
-    with_prelude(
-        r#"
+    with_prelude(&format!(
+        r#"{STAGE}
 local id = redis.call('XADD', KEYS[3], '*', 'key', ARGV[5], 'k', ARGV[3], 'v', ARGV[1])
-local dash = string.find(id, '-', 1, true)
-local ms = tonumber(string.sub(id, 1, dash - 1))
-local seq = tonumber(string.sub(id, dash + 1))
-if seq > 1048575 then seq = 1048575 end
--- ms < 2^44 and seq < 2^20: both 32-bit halves of ms << 20 | seq are
--- exact in Lua's doubles.
-local hi = math.floor(ms / 4096)
-local lo = (ms % 4096) * 1048576 + seq
-local function be32(x)
-  return string.char(math.floor(x / 16777216) % 256, math.floor(x / 65536) % 256,
-                     math.floor(x / 256) % 256, x % 256)
-end
-local v = string.sub(ARGV[1], 1, 13) .. be32(hi) .. be32(lo) .. string.sub(ARGV[1], 22)
-redis.call('SET', KEYS[2], v, 'PX', ARGV[4])
-local cur = redis.call('GET', KEYS[1])
-if not (versioned(cur) and cmp_version(cur, v) > 0) then
-  if ARGV[2] == '0' then
-    redis.call('SET', KEYS[1], v)
-  else
-    redis.call('SET', KEYS[1], v, 'PX', ARGV[2])
-  end
-end
+stage(id, KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[4])
 return id
-"#,
-    )
+"#
+    ))
+});
+
+/// Write-behind on a cluster, second step: the stream lives in another slot
+/// than the value, so the entry is appended first (`XADD`, the write is then
+/// durable in the queue) and staged beside the value by this script.
+///
+/// KEYS[1] value key, KEYS[2] pending key. ARGV[1] encoded value (version
+/// bytes zero), ARGV[2] value TTL ms (`0`: none), ARGV[3] pending-marker
+/// TTL ms, ARGV[4] the stream entry id. Returns 1.
+pub(crate) static STAGE_WRITE: LazyLock<redis::Script> = LazyLock::new(|| {
+    with_prelude(&format!(
+        r#"{STAGE}
+stage(ARGV[4], KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])
+return 1
+"#
+    ))
 });
 
 /// A lease-guarded fill: stores the loaded value only if this load still
@@ -202,10 +229,11 @@ return 0
 });
 
 /// Every script, for loading them after a connect or a `NOSCRIPT`.
-pub(crate) fn all() -> [&'static redis::Script; 6] {
+pub(crate) fn all() -> [&'static redis::Script; 7] {
     [
         &SET_IF_NEWER,
         &ENQUEUE_WRITE,
+        &STAGE_WRITE,
         &CLEAR_PENDING,
         &FILL,
         &RELEASE,

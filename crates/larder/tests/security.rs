@@ -79,9 +79,7 @@ async fn namespaces_keep_two_applications_on_one_redis_apart() {
     testkit::require_redis().await;
     let policy = || item_policy().tag("group:{id}");
     let build = |ns: String| async move {
-        Cache::builder()
-            .namespace(ns)
-            .redis_url(testkit::redis_url())
+        support::on_test_redis(Cache::builder().namespace(ns))
             .l1_max_bytes(0)
             .family(policy())
             .build()

@@ -67,9 +67,7 @@ async fn cache(ns: &str, redis: bool) -> Cache {
     let mut b = Cache::builder().namespace(ns).family(policy());
     if redis {
         testkit::require_redis().await;
-        b = b
-            .redis_url(testkit::redis_url())
-            .redis_timeout(Duration::from_secs(2));
+        b = support::on_test_redis(b).redis_timeout(Duration::from_secs(2));
     }
     b.build().await.unwrap()
 }
@@ -314,7 +312,10 @@ async fn shutdown_is_bounded_and_reports_what_is_left() {
     assert_eq!(report.persisted, 0);
     // The writes are still queued for the next worker.
     let mut conn = testkit::require_redis().await;
-    let len: u64 = conn.xlen(format!("{ns}:wb:kv")).await.unwrap();
+    let len: u64 = conn
+        .xlen(support::write_behind_stream(&ns, "kv"))
+        .await
+        .unwrap();
     assert_eq!(len, 10);
 }
 

@@ -15,9 +15,9 @@ use crate::flight::{Lookup, Source};
 use crate::policy::CompiledPolicy;
 use crate::tier::memory::{AnyValue, L1Entry, L1Hit, Lifetime};
 
-/// Most keys per `MGET` in a batch read; a batch of more goes out as several
-/// `MGET`s in one pipeline (still one round trip), so that one huge command
-/// does not hold Redis's single thread.
+/// Most keys per `MGET` in a batch read on one server; a batch of more goes
+/// out as several `MGET`s in one pipeline (still one round trip), so that
+/// one huge command does not hold Redis's single thread.
 const MGET_CHUNK: usize = 256;
 
 /// Shared state and family, cheap to clone into a load.
@@ -250,7 +250,8 @@ impl Ctx {
         }
     }
 
-    /// Reads `keys` from Redis in one round trip and judges each.
+    /// Reads `keys` from Redis in one round trip (one per master on a
+    /// cluster, in parallel) and judges each.
     pub async fn read_l2<V>(&self, keys: &[&str]) -> Vec<L2Answer>
     where
         V: DeserializeOwned + Send + Sync + 'static,
@@ -285,35 +286,26 @@ impl Ctx {
             widths.push(self.probe_keys(key, &mut probe));
         }
         let refs: Vec<&str> = probe.iter().map(String::as_str).collect();
-        let replies = if refs.len() <= MGET_CHUNK {
-            l2.mget(&refs).await
-        } else {
-            let mut pipe = redis::pipe();
-            for chunk in refs.chunks(MGET_CHUNK) {
-                pipe.cmd("MGET").arg(chunk);
-            }
-            l2.run_pipe::<Vec<Vec<Option<Vec<u8>>>>>("MGET (pipeline)", &pipe)
-                .await
-                .map(|chunks| chunks.into_iter().flatten().collect())
-        };
-        let replies = match replies {
-            Ok(r) if r.len() == probe.len() => r,
-            Ok(_) => {
-                self.core.metrics.redis_error();
-                return keys.iter().map(|_| L2Answer::Down).collect();
-            }
-            Err(e) => {
-                self.core.metrics.redis_error();
-                tracing::debug!(family = %self.name(), error = %e, "redis read failed; loading from source");
-                return keys.iter().map(|_| L2Answer::Down).collect();
-            }
-        };
+        // Per key: on a cluster, the keys of a master that failed are
+        // unanswered while the others are read.
+        let replies = l2.get_each(&refs, MGET_CHUNK).await;
+        if replies.len() != probe.len() {
+            self.core.metrics.redis_error();
+            return keys.iter().map(|_| L2Answer::Down).collect();
+        }
+        if replies.iter().any(Result::is_err) {
+            self.core.metrics.redis_error();
+            tracing::debug!(family = %self.name(), "redis read failed for some keys; loading those from source");
+        }
         let mut broken: Vec<String> = Vec::new();
         let mut answers = Vec::with_capacity(keys.len());
         let mut replies = replies.into_iter();
         for (key, width) in keys.iter().zip(widths) {
-            let slot: Vec<Option<Vec<u8>>> = replies.by_ref().take(width).collect();
-            answers.push(self.judge::<V>(key, slot, &mut broken));
+            let slot: Result<Vec<Option<Vec<u8>>>, ()> = replies.by_ref().take(width).collect();
+            match slot {
+                Ok(slot) => answers.push(self.judge::<V>(key, slot, &mut broken)),
+                Err(()) => answers.push(L2Answer::Down),
+            }
         }
         if !broken.is_empty() {
             let refs: Vec<&str> = broken.iter().map(String::as_str).collect();

@@ -32,6 +32,7 @@ use crate::flight::{
 use crate::metrics::Outcome as Counted;
 use crate::scripts;
 use crate::tier::memory::AnyValue;
+use crate::tier::redis::Batch;
 
 /// Rounds of "the lease is taken: wait for its fill, look again" before a
 /// load gives up on the lease and loads uncached.
@@ -155,7 +156,7 @@ impl Ctx {
         for token in &orphans {
             invocation.arg(token);
         }
-        match l2.run_script::<i64>("lease", &invocation).await {
+        match l2.run_script::<i64>("lease", key, &invocation).await {
             Ok(1) => Lease::Held(token),
             Ok(2) => Lease::Changed,
             Ok(_) => Lease::Busy,
@@ -182,7 +183,7 @@ impl Ctx {
             .arg(&self.shared.fill_channel)
             .arg(key);
         if l2
-            .run_script::<i64>("lease release", &invocation)
+            .run_script::<i64>("lease release", key, &invocation)
             .await
             .is_err()
         {
@@ -204,14 +205,14 @@ impl Ctx {
         // or given back).
         notified.as_mut().enable();
         if let Some(l2) = &self.shared.l2 {
-            let mut look = redis::pipe();
+            let mut look = Batch::new();
             look.cmd("GETRANGE")
                 .arg(key)
                 .arg(0)
                 .arg(seen.len().saturating_sub(1))
                 .cmd("EXISTS")
                 .arg(Self::lease_key(key));
-            match l2.run_pipe::<(Vec<u8>, bool)>("lease wait", &look).await {
+            match l2.run_batch::<(Vec<u8>, bool)>("lease wait", &look).await {
                 Ok((now, leased)) if now != *seen || !leased => return true,
                 Ok(_) => {}
                 // Redis is failing: the holder's fill and its notification
@@ -297,7 +298,7 @@ impl Ctx {
         let mut refused: Vec<&str> = Vec::new();
         let leased: Vec<&&Fill> = live.iter().filter(|f| f.lease.is_some()).collect();
         if let (Some(l2), false) = (&self.shared.l2, leased.is_empty()) {
-            let mut pipe = redis::pipe();
+            let mut pipe = Batch::new();
             for f in &leased {
                 let (Some(token), Some(encoded)) = (&f.lease, &f.encoded) else {
                     continue;
@@ -316,7 +317,7 @@ impl Ctx {
                     )
                     .arg(&self.shared.fill_channel);
             }
-            match l2.run_pipe_with_scripts::<Vec<i64>>("fill", &pipe).await {
+            match l2.run_batch::<Vec<i64>>("fill", &pipe).await {
                 Ok(stored) => refused.extend(
                     leased
                         .iter()
@@ -643,7 +644,7 @@ impl Ctx {
                     .map(|_| format!("{:016x}", rand::random::<u64>()))
             })
             .collect();
-        let mut pipe = redis::pipe();
+        let mut pipe = Batch::new();
         let mut asked = 0;
         for ((key, _, _, seen), token) in items.iter().zip(&tokens) {
             if let (Some(token), Some(seen)) = (token, seen) {
@@ -665,10 +666,7 @@ impl Ctx {
         // A lease that is busy, or a value that changed since it was read:
         // loaded all the same (the batch's caller waits for nobody), but not
         // stored.
-        match l2
-            .run_pipe_with_scripts::<Vec<i64>>("lease (batch)", &pipe)
-            .await
-        {
+        match l2.run_batch::<Vec<i64>>("lease (batch)", &pipe).await {
             Ok(granted) => {
                 let mut granted = granted.into_iter();
                 tokens

@@ -20,7 +20,7 @@ use crate::bus::Event;
 use crate::codec::Meta;
 use crate::error::{BoxError, SourceError};
 use crate::key::{KeyParts, matches_pattern};
-use crate::tier::redis::{RedisTier, add_store};
+use crate::tier::redis::{Batch, RedisTier, add_store};
 
 /// Keys asked of Redis per `SCAN` step of a pattern invalidation.
 const SCAN_COUNT: usize = 1000;
@@ -77,7 +77,7 @@ impl Ctx {
         let stored = match &self.shared.l2 {
             None => true,
             Some(l2) => {
-                let mut pipe = redis::pipe();
+                let mut pipe = Batch::new();
                 match version {
                     Some(_) => add_store(&mut pipe, &key, &encoded.bytes, ttl),
                     None => {
@@ -98,10 +98,7 @@ impl Ctx {
                 if let Some(bus) = &self.shared.bus {
                     bus.add(&mut pipe, &Event::Key(key.clone()));
                 }
-                match l2
-                    .run_pipe_with_scripts::<(redis::Value,)>("SET", &pipe)
-                    .await
-                {
+                match l2.run_batch::<(redis::Value,)>("SET", &pipe).await {
                     // `OK` from SET, 1 or 0 from the set-if-newer script.
                     Ok((redis::Value::Int(0),)) => false,
                     Ok(_) => true,
@@ -141,7 +138,7 @@ impl Ctx {
         self.shared.flights.void(key);
         let result = match &self.shared.l2 {
             Some(l2) => {
-                let mut pipe = redis::pipe();
+                let mut pipe = Batch::new();
                 // The value, and the lease of any load in progress: a load that
                 // read the row before this invalidation cannot store it after.
                 pipe.cmd("UNLINK")
@@ -155,7 +152,7 @@ impl Ctx {
                 if let Some(bus) = &self.shared.bus {
                     bus.add(&mut pipe, &Event::Key(key.to_owned()));
                 }
-                l2.run_pipe::<()>("UNLINK", &pipe).await
+                l2.run_batch::<()>("UNLINK", &pipe).await
             }
             None => Ok(()),
         };
@@ -343,9 +340,9 @@ where
             let delivered = async {
                 deleted = unlink_matching(l2, &pattern).await?;
                 if let Some(bus) = &shared.bus {
-                    let mut pipe = redis::pipe();
+                    let mut pipe = Batch::new();
                     bus.add(&mut pipe, &Event::Pattern(pattern.clone()));
-                    l2.run_pipe::<()>("XADD", &pipe).await?;
+                    l2.run_batch::<()>("XADD", &pipe).await?;
                 }
                 Ok::<(), Error>(())
             };
@@ -365,35 +362,54 @@ where
 /// Deletes every key matching `pattern` (`SCAN` + `UNLINK` in batches,
 /// never `KEYS`), and the leases of loads in progress on them, so that those
 /// cannot store what they read before. Returns how many values it deleted.
+///
+/// On a cluster every master is scanned. A scan during which the slot map
+/// changed (a failover or a resharding moved keys between masters, maybe
+/// from one not yet scanned to one already scanned) is repeated, up to
+/// [`RESCANS`] times; past that the error says so. Keys written during the
+/// scan may or may not be deleted, as on one server: the invalidation that
+/// matters for them is the one their writer issues.
 pub(crate) async fn unlink_matching(l2: &RedisTier, pattern: &str) -> Result<u64, Error> {
+    let glob = format!("{pattern}*");
     let mut deleted = 0u64;
-    let mut cursor = 0u64;
-    loop {
-        let (next, keys): (u64, Vec<String>) = l2
-            .run(
-                "SCAN",
-                redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(format!("{pattern}*"))
-                    .arg("COUNT")
-                    .arg(SCAN_COUNT),
-            )
-            .await?;
-        let mine: Vec<&str> = keys
-            .iter()
-            .map(String::as_str)
-            // A glob `*` also matches `:`; only keys of the pattern's exact
-            // shape, and their leases.
-            .filter(|k| matches_pattern(pattern, k.strip_suffix(":lease").unwrap_or(k)))
-            .collect();
-        if !mine.is_empty() {
-            l2.unlink(&mine).await?;
-            deleted += mine.iter().filter(|k| !k.ends_with(":lease")).count() as u64;
+    for _ in 0..=RESCANS {
+        let epoch = l2.topology_epoch();
+        for target in l2.scan_targets() {
+            let mut cursor = 0u64;
+            loop {
+                let (next, keys) = l2
+                    .scan_page(target.as_deref(), cursor, &glob, SCAN_COUNT)
+                    .await?;
+                let mine: Vec<&str> = keys
+                    .iter()
+                    .map(String::as_str)
+                    // A glob `*` also matches `:`; only keys of the pattern's
+                    // exact shape, and their leases.
+                    .filter(|k| matches_pattern(pattern, k.strip_suffix(":lease").unwrap_or(k)))
+                    .collect();
+                if !mine.is_empty() {
+                    l2.unlink(&mine).await?;
+                    deleted += mine.iter().filter(|k| !k.ends_with(":lease")).count() as u64;
+                }
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
+            }
         }
-        cursor = next;
-        if cursor == 0 {
+        if l2.topology_epoch() == epoch {
             return Ok(deleted);
         }
+        tracing::info!(
+            pattern,
+            "the cluster's slots moved during a pattern invalidation; scanning again"
+        );
     }
+    Err(Error::Redis {
+        op: "SCAN",
+        reason: format!("the cluster's slots kept moving during {RESCANS} scans; invalidate again"),
+    })
 }
+
+/// How many times a pattern invalidation rescans after the slot map moved.
+const RESCANS: usize = 3;

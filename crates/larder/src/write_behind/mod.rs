@@ -24,10 +24,15 @@
 //! brings back the row from before the write.
 //!
 //! Requirements: Redis must not evict keys without a TTL (the queue): use a
-//! `volatile-*` or `noeviction` `maxmemory-policy`. On a Redis Cluster, the
-//! enqueue script touches the value, its marker and the family's stream,
-//! which do not share a slot: write-behind is standalone/Sentinel only until
-//! the stream is sharded per slot.
+//! `volatile-*` or `noeviction` `maxmemory-policy`.
+//!
+//! On a Redis Cluster the family's stream and its dead letters share one hash
+//! tag (`<ns>:{wb:<family>}`), so they live on one master; the value and its
+//! marker live in the value's slot. The enqueue is then two steps (the entry,
+//! then the value and marker): see `enqueue_on_cluster`. A failover can lose
+//! what the old master had not replicated; with
+//! [`CacheBuilder::write_behind_replicas`](crate::CacheBuilder::write_behind_replicas)
+//! a write is acknowledged only once replicas hold its entry (`WAIT`).
 
 mod queue;
 
@@ -50,6 +55,7 @@ use crate::codec::{self, Meta};
 use crate::error::BoxError;
 use crate::family::{Family, FamilyCore};
 use crate::key::KeyParts;
+use crate::tier::redis::Batch;
 use crate::{Cache, Error, SourceError, scripts};
 
 /// How long a pending-write marker lives: the longest a write can wait for
@@ -119,18 +125,25 @@ where
             .map_err(|e| ctx.encode_error(e))?;
         match &ctx.shared.l2 {
             Some(l2) => {
-                let names = StreamNames::new(&ctx.shared.namespace, self.name());
-                let mut invocation = scripts::ENQUEUE_WRITE.prepare_invoke();
-                invocation
-                    .key(&full)
-                    .key(FamilyCore::pending_key(&full))
-                    .key(&names.stream)
-                    .arg(&encoded.bytes)
-                    .arg(ttl.map_or(0, |t| (t.as_millis() as u64).max(1)))
-                    .arg(&parts)
-                    .arg(PENDING_TTL.as_millis() as u64)
-                    .arg(&full);
-                let id: String = match l2.run_script("write-behind enqueue", &invocation).await {
+                let names = StreamNames::new(&ctx.shared.namespace, self.name(), l2.is_cluster());
+                let ttl_ms = ttl.map_or(0, |t| (t.as_millis() as u64).max(1));
+                let queued = if l2.is_cluster() {
+                    enqueue_on_cluster(l2, &names, &full, &encoded.bytes, ttl_ms, &parts).await
+                } else {
+                    let mut invocation = scripts::ENQUEUE_WRITE.prepare_invoke();
+                    invocation
+                        .key(&full)
+                        .key(FamilyCore::pending_key(&full))
+                        .key(&names.stream)
+                        .arg(&encoded.bytes)
+                        .arg(ttl_ms)
+                        .arg(&parts)
+                        .arg(PENDING_TTL.as_millis() as u64)
+                        .arg(&full);
+                    l2.run_script::<String>("write-behind enqueue", &full, &invocation)
+                        .await
+                };
+                let id = match queued {
                     Ok(id) => id,
                     Err(e) => {
                         ctx.core.metrics.redis_error();
@@ -138,12 +151,20 @@ where
                         return Err(e);
                     }
                 };
+                if let Some((replicas, timeout)) = ctx.shared.write_behind_replicas {
+                    // The entry is durable in the primary's memory; wait until
+                    // replicas have it too, so that a failover keeps it.
+                    if let Err(e) = l2.wait_replicas(&names.stream, replicas, timeout).await {
+                        ctx.core.metrics.redis_error();
+                        return Err(e);
+                    }
+                }
                 if let Some(bus) = &ctx.shared.bus {
-                    let mut pipe = redis::pipe();
+                    let mut pipe = Batch::new();
                     bus.add(&mut pipe, &crate::bus::Event::Key(full.clone()));
                     // The write is queued: a lost bus message only delays
                     // other processes' L1 until their TTL cap.
-                    if l2.run_pipe::<()>("XADD", &pipe).await.is_err() {
+                    if l2.run_batch::<()>("XADD", &pipe).await.is_err() {
                         ctx.core.metrics.redis_error();
                     }
                 }
@@ -166,6 +187,52 @@ where
         ctx.core.metrics.write_behind_enqueued();
         Ok(())
     }
+}
+
+/// Enqueues a write on a cluster, where the family's stream lives in another
+/// slot than the value: the entry first (then the write is durable in the
+/// queue and will reach the database), then the value and its pending marker
+/// in the value's slot. If the second step fails, the write is still queued:
+/// the caller gets the error (the write may land), and the key's
+/// invalidation is deferred until Redis answers, so that no reader keeps an
+/// older cached value past that.
+async fn enqueue_on_cluster(
+    l2: &crate::tier::redis::RedisTier,
+    names: &StreamNames,
+    full: &str,
+    encoded: &[u8],
+    ttl_ms: u64,
+    parts: &[u8],
+) -> Result<String, Error> {
+    let id: String = l2
+        .run(
+            "write-behind enqueue (XADD)",
+            redis::cmd("XADD")
+                .arg(&names.stream)
+                .arg("*")
+                .arg("key")
+                .arg(full)
+                .arg("k")
+                .arg(parts)
+                .arg("v")
+                .arg(encoded),
+        )
+        .await?;
+    let mut invocation = scripts::STAGE_WRITE.prepare_invoke();
+    invocation
+        .key(full)
+        .key(FamilyCore::pending_key(full))
+        .arg(encoded)
+        .arg(ttl_ms)
+        .arg(PENDING_TTL.as_millis() as u64)
+        .arg(&id);
+    l2.run_script::<i64>("write-behind enqueue (stage)", full, &invocation)
+        .await
+        .map(|_| id)
+        .map_err(|e| Error::Redis {
+            op: "write-behind enqueue (stage)",
+            reason: format!("{e}; the write is queued and will reach the database, but may not be read back until it does"),
+        })
 }
 
 /// Settings of a write-behind worker, read like configuration; start it with
@@ -299,9 +366,9 @@ where
         let name = self.core.name().to_string();
         let mut queue = match &shared.l2 {
             Some(l2) => Queue::Redis(Box::new(RedisQueue {
-                names: StreamNames::new(&shared.namespace, &name),
+                names: StreamNames::new(&shared.namespace, &name, l2.is_cluster()),
                 consumer: self.consumer.clone(),
-                client: l2.client().clone(),
+                dialer: l2.dialer(),
                 conn: None,
                 op_timeout: l2.op_timeout().max(Duration::from_millis(500)),
             })),
@@ -686,7 +753,7 @@ impl Cache {
                 .map(|(key, error)| DeadLetter { key, error })
                 .collect());
         };
-        let names = StreamNames::new(&shared.namespace, family);
+        let names = StreamNames::new(&shared.namespace, family, l2.is_cluster());
         let reply: redis::Value = l2
             .run(
                 "XRANGE",

@@ -6,11 +6,12 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use redis::Value;
-use redis::aio::MultiplexedConnection;
 use tokio::sync::Notify;
 
 use crate::Error;
 use crate::scripts;
+use crate::tier::redis::batch::{BatchCmd, pipeline_of, routing_key, slot_of};
+use crate::tier::redis::{Batch, Dialer, OwnConn};
 
 /// One queued write, as read back by a worker.
 #[derive(Debug, Clone)]
@@ -56,10 +57,23 @@ pub(crate) struct StreamNames {
 }
 
 impl StreamNames {
-    pub fn new(namespace: &str, family: &str) -> StreamNames {
+    /// On a cluster the stream and its dead letters share a hash tag, so
+    /// that moving an entry to the dead letters is one pipeline on one node.
+    pub fn new(namespace: &str, family: &str, cluster: bool) -> StreamNames {
+        let (stream, dead) = if cluster {
+            (
+                format!("{namespace}:{{wb:{family}}}"),
+                format!("{namespace}:{{wb:{family}}}:dead"),
+            )
+        } else {
+            (
+                format!("{namespace}:wb:{family}"),
+                format!("{namespace}:wb:{family}:dead"),
+            )
+        };
         StreamNames {
-            stream: format!("{namespace}:wb:{family}"),
-            dead: format!("{namespace}:wb:{family}:dead"),
+            stream,
+            dead,
             group: "larder".into(),
         }
     }
@@ -70,8 +84,8 @@ impl StreamNames {
 pub(crate) struct RedisQueue {
     pub names: StreamNames,
     pub consumer: String,
-    pub client: redis::Client,
-    pub conn: Option<MultiplexedConnection>,
+    pub dialer: Dialer,
+    pub conn: Option<OwnConn>,
     pub op_timeout: Duration,
 }
 
@@ -83,17 +97,15 @@ fn redis_err(op: &'static str, e: impl std::fmt::Display) -> Error {
 }
 
 impl RedisQueue {
-    async fn conn(&mut self) -> Result<MultiplexedConnection, Error> {
+    async fn conn(&mut self) -> Result<OwnConn, Error> {
         if let Some(c) = &self.conn {
             return Ok(c.clone());
         }
-        let c = tokio::time::timeout(
-            self.op_timeout * 10,
-            self.client.get_multiplexed_async_connection(),
-        )
-        .await
-        .map_err(|e| redis_err("CONNECT", e))?
-        .map_err(|e| redis_err("CONNECT", e))?;
+        let c = self
+            .dialer
+            .connect(self.op_timeout * 10)
+            .await
+            .map_err(|e| redis_err("CONNECT", e))?;
         self.conn = Some(c.clone());
         Ok(c)
     }
@@ -122,20 +134,50 @@ impl RedisQueue {
         }
     }
 
-    async fn run_pipe(&mut self, op: &'static str, pipe: &redis::Pipeline) -> Result<(), Error> {
-        let mut conn = self.conn().await?;
-        let result = tokio::time::timeout(self.op_timeout, async {
-            match pipe.query_async::<()>(&mut conn).await {
-                Err(e)
-                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-                {
-                    for s in scripts::all() {
-                        s.load_async(&mut conn).await?;
+    /// Runs a batch on the worker's connection: one pipeline, or on a
+    /// cluster one per slot, in parallel.
+    async fn run_pipe(&mut self, op: &'static str, batch: &Batch) -> Result<(), Error> {
+        let conn = self.conn().await?;
+        let pipes: Vec<redis::Pipeline> = match &conn {
+            OwnConn::Single(_) => vec![batch.to_pipeline()],
+            OwnConn::Cluster(_) => {
+                let mut by_slot: Vec<(u16, Vec<&BatchCmd>)> = Vec::new();
+                for c in &batch.cmds {
+                    let slot = routing_key(&c.cmd).map_or(0, |k| slot_of(&k));
+                    match by_slot.iter_mut().find(|(s, _)| *s == slot) {
+                        Some((_, cmds)) => cmds.push(c),
+                        None => by_slot.push((slot, vec![c])),
                     }
-                    pipe.query_async::<()>(&mut conn).await
                 }
-                other => other,
+                by_slot
+                    .into_iter()
+                    .map(|(_, cmds)| pipeline_of(cmds.into_iter(), false))
+                    .collect()
             }
+        };
+        let result = tokio::time::timeout(self.op_timeout, async {
+            let runs = pipes.iter().map(|pipe| {
+                let mut conn = conn.clone();
+                async move {
+                    match pipe.query_async::<()>(&mut conn).await {
+                        Err(e)
+                            if e.kind()
+                                == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                        {
+                            for s in scripts::all() {
+                                s.load_async(&mut conn).await?;
+                            }
+                            pipe.query_async::<()>(&mut conn).await
+                        }
+                        other => other,
+                    }
+                }
+            });
+            futures_util::future::join_all(runs)
+                .await
+                .into_iter()
+                .collect::<redis::RedisResult<Vec<()>>>()
+                .map(|_| ())
         })
         .await;
         match result {
@@ -255,7 +297,7 @@ impl RedisQueue {
         if ids.is_empty() && persisted.is_empty() {
             return Ok(());
         }
-        let mut pipe = redis::pipe();
+        let mut pipe = Batch::new();
         for (pending_key, value) in persisted {
             pipe.cmd("EVALSHA")
                 .arg(scripts::CLEAR_PENDING.get_hash())
@@ -285,7 +327,7 @@ impl RedisQueue {
         let EntryId::Stream(id) = &entry.id else {
             return Ok(());
         };
-        let mut pipe = redis::pipe();
+        let mut pipe = Batch::new();
         pipe.cmd("XADD")
             .arg(&self.names.dead)
             .arg("*")
