@@ -8,12 +8,14 @@
 
 mod fault_proxy;
 mod pg;
+mod redis_cluster;
 mod redis_server;
 
 use std::time::Duration;
 
 pub use fault_proxy::{Fault, FaultProxy};
 pub use pg::TestDatabase;
+pub use redis_cluster::RedisCluster;
 pub use redis_server::RedisServer;
 
 /// The shared Redis used by tests.

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 /// A `redis-server` child process on a free loopback port, killed on drop.
 pub struct RedisServer {
     child: Child,
+    /// Whether it was killed (and not restarted).
+    down: bool,
     port: u16,
     extra: Vec<String>,
     /// Certificates of a TLS server, deleted with it.
@@ -18,15 +20,25 @@ impl RedisServer {
     /// Starts a server with persistence off and waits until it logs that it
     /// accepts connections. `extra` are more `--option value` arguments.
     pub fn start(extra: &[&str]) -> RedisServer {
-        let port = free_port();
+        RedisServer::start_on(free_port(), extra)
+    }
+
+    /// Like [`start`](Self::start), on a port of the caller's choosing.
+    pub fn start_on(port: u16, extra: &[&str]) -> RedisServer {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let child = spawn(port, &extra);
         RedisServer {
             child,
+            down: false,
             port,
             extra,
             files: None,
         }
+    }
+
+    /// Whether it is running (not killed).
+    pub fn is_up(&self) -> bool {
+        !self.down
     }
 
     /// Starts a server that speaks only TLS on its port, with a certificate
@@ -117,6 +129,7 @@ impl RedisServer {
         (
             RedisServer {
                 child,
+                down: false,
                 port,
                 extra,
                 files: Some(dir),
@@ -136,6 +149,7 @@ impl RedisServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
         self.child = spawn(self.port, &self.extra);
+        self.down = false;
     }
 
     /// Freezes the server (`SIGSTOP`): connections stay open and commands
@@ -154,6 +168,7 @@ impl RedisServer {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        self.down = true;
     }
 
     fn signal(&self, signal: &str) {

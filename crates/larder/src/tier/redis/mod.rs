@@ -40,7 +40,8 @@ use crate::{Error, scripts};
 
 /// How the tier reaches Redis.
 enum Backend {
-    Standalone(ConnectionManager, redis::Client),
+    // Boxed: the client is ~240 bytes, the other variants a pointer.
+    Standalone(ConnectionManager, Box<redis::Client>),
     Sentinel(Arc<SentinelBackend>),
     Cluster(Arc<ClusterBackend>),
 }
@@ -113,7 +114,7 @@ impl RedisTier {
                 let client = connect::client(info, settings.tls_root_cert.as_deref())?;
                 let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
                     .map_err(|e| Error::RedisUrl(e.to_string()))?;
-                Backend::Standalone(conn, client)
+                Backend::Standalone(conn, Box::new(client))
             }
             Deployment::Sentinel { sentinels, master } => Backend::Sentinel(
                 SentinelBackend::connect(sentinels, master, settings, config).await?,

@@ -21,7 +21,8 @@ use super::sentinel::SentinelBackend;
 /// Opens connections of their own on the tier's deployment; cheap to clone.
 #[derive(Clone)]
 pub(crate) enum Dialer {
-    Standalone(redis::Client),
+    // Boxed: a client is ~240 bytes, the other variants a pointer.
+    Standalone(Box<redis::Client>),
     Sentinel(Arc<SentinelBackend>),
     Cluster(Arc<ClusterBackend>),
 }
@@ -72,7 +73,7 @@ impl Dialer {
     /// that a dead node is not tried forever.
     pub fn pubsub_client(&self, attempt: usize) -> RedisResult<redis::Client> {
         match self {
-            Dialer::Standalone(client) => Ok(client.clone()),
+            Dialer::Standalone(client) => Ok((**client).clone()),
             Dialer::Sentinel(s) => s
                 .master()
                 .map(|m| m.client.clone())
