@@ -114,6 +114,16 @@ impl Deferred {
         self.add("key", |j| j.keys.insert(key.to_owned()));
     }
 
+    /// Drops a deferred deletion of `key`: a write or an invalidation of it
+    /// has since reached Redis, which superseded it (replaying it would only
+    /// delete the newer value and cost a reload).
+    pub fn forget_key(&self, key: &str) {
+        let mut journal = self.lock();
+        if !journal.keys.is_empty() {
+            journal.keys.remove(key);
+        }
+    }
+
     /// Defers the bump of tag key `tag`.
     pub fn tag(&self, tag: &str) {
         self.add("tag", |j| j.tags.insert(tag.to_owned()));

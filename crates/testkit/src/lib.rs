@@ -9,6 +9,7 @@
 mod fault_proxy;
 mod pg;
 mod redis_cluster;
+mod redis_sentinel;
 mod redis_server;
 
 use std::time::Duration;
@@ -16,6 +17,7 @@ use std::time::Duration;
 pub use fault_proxy::{Fault, FaultProxy};
 pub use pg::TestDatabase;
 pub use redis_cluster::RedisCluster;
+pub use redis_sentinel::{RedisSentinel, SENTINEL_MASTER};
 pub use redis_server::RedisServer;
 
 /// The shared Redis used by tests.

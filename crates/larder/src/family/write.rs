@@ -98,7 +98,11 @@ impl Ctx {
                 if let Some(bus) = &self.shared.bus {
                     bus.add(&mut pipe, &Event::Key(key.clone()));
                 }
-                match l2.run_batch::<(redis::Value,)>("SET", &pipe).await {
+                let stored = l2.run_batch::<(redis::Value,)>("SET", &pipe).await;
+                if stored.is_ok() {
+                    self.shared.deferred.forget_key(&key);
+                }
+                match stored {
                     // `OK` from SET, 1 or 0 from the set-if-newer script.
                     Ok((redis::Value::Int(0),)) => false,
                     Ok(_) => true,
@@ -157,10 +161,13 @@ impl Ctx {
             None => Ok(()),
         };
         self.l1_remove(key);
-        if let Err(e) = result {
-            self.core.metrics.redis_error();
-            tracing::debug!(family = %self.name(), error = %e, "invalidation deferred until redis answers");
-            self.shared.deferred.key(key);
+        match result {
+            Ok(()) => self.shared.deferred.forget_key(key),
+            Err(e) => {
+                self.core.metrics.redis_error();
+                tracing::debug!(family = %self.name(), error = %e, "invalidation deferred until redis answers");
+                self.shared.deferred.key(key);
+            }
         }
         Ok(())
     }
