@@ -470,6 +470,7 @@ impl CacheBuilder {
                 _fill_subscription: fill_subscription,
                 deferred: Deferred::default(),
                 write_behind_replicas: self.write_behind_replicas,
+                redis_connect_timeout: self.redis_connect_timeout,
                 orphaned_leases: Default::default(),
                 _recovery: recoveries.map(|r| recovery::spawn(weak.clone(), r)),
             }),

@@ -16,8 +16,9 @@ use crate::bus::{Event, Listener, Publisher};
 use crate::family::{Family, FamilyCore, OrphanedLeases};
 use crate::flight::Flights;
 use crate::key::{KeyParts, KeyTemplate, tag_key};
-use crate::notify::{Subscription, Waiters};
+use crate::notify::Waiters;
 use crate::policy::CompiledPolicy;
+use crate::pubsub::{self, Subscription};
 use crate::recovery::{Deferred, Recovery};
 use crate::tier::memory::MemoryTier;
 use crate::tier::redis::{Batch, RedisTier};
@@ -113,6 +114,8 @@ pub(crate) struct Shared {
     pub _fill_subscription: Option<Subscription>,
     /// Invalidations waiting for Redis to answer again.
     pub deferred: Deferred,
+    /// The timeout of one connection attempt to Redis.
+    pub redis_connect_timeout: Duration,
     /// How many replicas must hold a write-behind entry before the write is
     /// acknowledged, and how long to wait for them (`None`: don't wait).
     pub write_behind_replicas: Option<(u32, Duration)>,
@@ -355,6 +358,63 @@ impl Cache {
         )
         .await;
         Ok(matches!(caught_up, Ok(Ok(_))))
+    }
+
+    /// Publishes `payload` to every process subscribed to `channel` (with
+    /// [`subscribe`](Self::subscribe)): Redis pub/sub on
+    /// `<namespace>:<channel>`, on whichever Redis the cache runs on (one
+    /// server, Sentinel's master, any node of a cluster). At most once:
+    /// nothing is kept for a subscriber that is away. Returns `Ok(false)`
+    /// without Redis (there is no other process to tell).
+    ///
+    /// For messages *about* the data, such as a price tick for live
+    /// clients; invalidations need no help, they travel on the bus.
+    pub async fn publish(&self, channel: &str, payload: &[u8]) -> Result<bool, Error> {
+        let Some(l2) = &self.shared.l2 else {
+            return Ok(false);
+        };
+        l2.run::<i64>(
+            "PUBLISH",
+            redis::cmd("PUBLISH")
+                .arg(format!("{}:{channel}", self.shared.namespace))
+                .arg(payload),
+        )
+        .await
+        .map(|_| true)
+    }
+
+    /// Calls `on_message` with each payload published on `channel` by any
+    /// process, and `on_gap` whenever messages may have been missed (the
+    /// subscription was lost and is back: after a reconnect, a failover, a
+    /// dead cluster node). Reconnects by itself; dropping the returned
+    /// [`Subscription`] stops it. `None` without Redis.
+    ///
+    /// The callbacks run on the subscription's task: keep them short (hand
+    /// the payload to a channel).
+    ///
+    /// ```no_run
+    /// # async fn demo(cache: larder::Cache) {
+    /// let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    /// let _subscription = cache.subscribe("prices", move |payload| {
+    ///     let _ = tx.send(payload.to_vec());
+    /// }, || {});
+    /// cache.publish("prices", b"TCS 3900.5").await.ok();
+    /// # }
+    /// ```
+    pub fn subscribe<M, G>(&self, channel: &str, on_message: M, on_gap: G) -> Option<Subscription>
+    where
+        M: Fn(&[u8]) + Send + Sync + 'static,
+        G: Fn() + Send + Sync + 'static,
+    {
+        let l2 = self.shared.l2.as_ref()?;
+        let (subscription, _subscribed) = pubsub::listen(
+            l2.dialer(),
+            format!("{}:{channel}", self.shared.namespace),
+            self.shared.redis_connect_timeout,
+            on_message,
+            on_gap,
+        );
+        Some(subscription)
     }
 
     /// The invalidation bus as this process sees it.

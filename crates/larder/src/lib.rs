@@ -70,6 +70,7 @@ pub mod key;
 mod metrics;
 mod notify;
 mod policy;
+mod pubsub;
 mod recovery;
 mod scripts;
 mod tier;
@@ -84,6 +85,7 @@ pub use cache::{BusStats, Cache, L1Usage};
 pub use error::{BoxError, Error, SourceError};
 pub use family::Family;
 pub use metrics::FamilyStats;
+pub use pubsub::Subscription;
 /// A value as written to the database, with the version the database gave
 /// it (a row version, `updated_at` in microseconds: anything that increases
 /// with every write of the row). What a write-through's `persist` returns.

@@ -11,9 +11,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use tokio::sync::{Notify, oneshot};
-use tokio::task::JoinHandle;
+
+use crate::pubsub::Subscription;
 
 /// The waiters of one process, by key.
 #[derive(Default)]
@@ -57,17 +57,6 @@ impl Waiters {
     }
 }
 
-/// The subscription task; stops when dropped.
-pub(crate) struct Subscription {
-    task: JoinHandle<()>,
-}
-
-impl Drop for Subscription {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 /// Subscribes to `channel` and wakes `waiters` for every key published.
 /// The receiver resolves once the first subscription is in place: a cache
 /// that takes leases before it would miss the fills it waits for.
@@ -77,49 +66,15 @@ pub(crate) fn subscribe(
     waiters: Arc<Waiters>,
     connect_timeout: Duration,
 ) -> (Subscription, oneshot::Receiver<()>) {
-    let (subscribed_tx, subscribed) = oneshot::channel();
-    let task = tokio::spawn(async move {
-        let mut subscribed_tx = Some(subscribed_tx);
-        let mut backoff = Duration::from_millis(50);
-        // Which node to subscribe on (a cluster's nodes all relay plain
-        // pub/sub): the next one after each failure.
-        let mut attempt = 0usize;
-        loop {
-            let session = async {
-                let client = dialer.pubsub_client(attempt).map_err(|e| e.to_string())?;
-                let mut pubsub = tokio::time::timeout(connect_timeout, client.get_async_pubsub())
-                    .await
-                    .map_err(|_| "connect timed out".to_string())?
-                    .map_err(|e| e.to_string())?;
-                pubsub
-                    .subscribe(&channel)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if let Some(tx) = subscribed_tx.take() {
-                    let _ = tx.send(());
-                } else {
-                    // Whatever was published while we were away: look again.
-                    waiters.wake_all();
-                }
-                let mut messages = pubsub.on_message();
-                while let Some(msg) = messages.next().await {
-                    if let Ok(key) = std::str::from_utf8(msg.get_payload_bytes()) {
-                        waiters.wake(key);
-                    }
-                }
-                Ok::<(), String>(())
-            };
-            if let Err(e) = session.await {
-                attempt += 1;
-                tracing::debug!(error = %e, "fill notifications disconnected; reconnecting");
-            } else {
-                backoff = Duration::from_millis(50);
+    let on_message = {
+        let waiters = Arc::clone(&waiters);
+        move |payload: &[u8]| {
+            if let Ok(key) = std::str::from_utf8(payload) {
+                waiters.wake(key);
             }
-            waiters.wake_all();
-            // Bounded exponential backoff; the wait is the point here.
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(2));
         }
-    });
-    (Subscription { task }, subscribed)
+    };
+    // Whatever was published while we were away: look again.
+    let on_gap = move || waiters.wake_all();
+    crate::pubsub::listen(dialer, channel, connect_timeout, on_message, on_gap)
 }

@@ -116,6 +116,43 @@ pub async fn require_redis() -> RawRedis {
     }
 }
 
+/// Every key matching `pattern` on the Redis of this run (`SCAN` on the
+/// server, or on each seed node of a cluster).
+pub async fn scan_keys(pattern: &str) -> Vec<String> {
+    let urls = match redis_target() {
+        RedisTarget::Standalone(url) => vec![url],
+        RedisTarget::Cluster(seeds) => seeds,
+    };
+    let mut keys = Vec::new();
+    for url in urls {
+        let client = redis::Client::open(url.as_str()).expect("a valid test Redis URL");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap_or_else(|e| panic!("cannot reach {url}: {e}"));
+        let mut cursor = 0u64;
+        loop {
+            let (next, page): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .expect("SCAN answers");
+            keys.extend(page);
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+    }
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
 fn missing_redis(target: &RedisTarget, why: &str) -> String {
     match target {
         RedisTarget::Standalone(url) => format!(

@@ -78,9 +78,12 @@ impl AppState {
     /// Builds the cache and opens the families over `db`.
     pub async fn new(args: &ServeArgs, db: Db) -> anyhow::Result<AppState> {
         let metrics = telemetry::prometheus();
-        let cache = Cache::builder()
-            .namespace(&args.namespace)
-            .maybe_redis_url(args.redis_url.clone())
+        let redis = args.redis().map_err(anyhow::Error::msg)?;
+        let mut builder = Cache::builder().namespace(&args.namespace);
+        if let Some(redis) = &redis {
+            builder = redis.apply(builder);
+        }
+        let cache = builder
             .redis_timeout(args.redis_timeout)
             .l1_max_bytes(args.l1_max_bytes)
             .enabled(!args.no_cache)
@@ -125,13 +128,7 @@ impl AppState {
                 burst: 5,
             }),
         };
-        let hub = Hub::new(
-            args.redis_url.as_deref().filter(|_| !args.no_cache),
-            &args.namespace,
-            args.ws_max_connections,
-        )
-        .await
-        .context("starting the price stream")?;
+        let hub = Hub::new(&cache, args.ws_max_connections);
         Ok(AppState {
             db,
             cache,
@@ -339,9 +336,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(url) => redact(url),
         None => format!("sqlite {}", args.db.sqlite_path.display()),
     };
-    let cache = match (&args.redis_url, args.no_cache) {
+    let cache = match (args.redis().map_err(anyhow::Error::msg)?, args.no_cache) {
         (_, true) => "off (--no-cache)".to_string(),
-        (Some(url), false) => format!("L1 + Redis {}", redact(url)),
+        (Some(redis), false) => format!("L1 + {}", redis.describe()),
         (None, false) => "L1 (in-process)".to_string(),
     };
     tracing::info!(%database, %cache, "trading service listening on http://{addr}");
@@ -366,9 +363,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 /// Runs the write-behind worker alone until Ctrl-C or SIGTERM, then drains.
 pub async fn worker_command(args: ServeArgs) -> anyhow::Result<()> {
-    if args.redis_url.is_none() {
+    if args.redis().map_err(anyhow::Error::msg)?.is_none() {
         anyhow::bail!(
-            "a worker of its own needs REDIS_URL: without Redis the queue lives inside the serving process"
+            "a worker of its own needs Redis (REDIS_URL, REDIS_CLUSTER_URLS or REDIS_SENTINEL_URLS): without Redis the queue lives inside the serving process"
         );
     }
     let db = Db::connect(&args.db).await?;

@@ -11,7 +11,8 @@ use clap::{Args, Parser, Subcommand};
 ///
 /// With no settings it runs on an embedded SQLite file with the in-process
 /// cache only, seeding the database on first start. Set DATABASE_URL and
-/// REDIS_URL to run on PostgreSQL and Redis.
+/// REDIS_URL (or REDIS_CLUSTER_URLS, or REDIS_SENTINEL_URLS with
+/// REDIS_SENTINEL_MASTER) to run on PostgreSQL and Redis.
 #[derive(Debug, Parser)]
 #[command(name = "trading", version, args_conflicts_with_subcommands = true)]
 pub struct Cli {
@@ -67,9 +68,23 @@ pub struct ServeArgs {
     pub addr: SocketAddr,
 
     /// Redis URL (redis://[user:pass@]host:port, rediss:// for TLS). Without
-    /// it the cache is in-process only.
+    /// it (or a cluster, or sentinels) the cache is in-process only.
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<String>,
+
+    /// Seed nodes of a Redis Cluster, comma-separated
+    /// (redis://host:port,redis://host:port), instead of REDIS_URL.
+    #[arg(long, env = "REDIS_CLUSTER_URLS", value_delimiter = ',')]
+    pub redis_cluster_urls: Vec<String>,
+
+    /// Sentinels, comma-separated (redis://host:port,...), that monitor
+    /// REDIS_SENTINEL_MASTER, instead of REDIS_URL.
+    #[arg(long, env = "REDIS_SENTINEL_URLS", value_delimiter = ',')]
+    pub redis_sentinel_urls: Vec<String>,
+
+    /// The master name the sentinels of REDIS_SENTINEL_URLS monitor.
+    #[arg(long, env = "REDIS_SENTINEL_MASTER")]
+    pub redis_sentinel_master: Option<String>,
 
     /// Turn the cache off: every read goes to the database (the "before"
     /// measurement).
@@ -167,6 +182,96 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// A database or Redis URL with its password replaced, for logs.
+/// Which Redis the service runs on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisSetup {
+    /// One server.
+    Url(String),
+    /// A Redis Cluster, through these seeds.
+    Cluster(Vec<String>),
+    /// The master that these sentinels monitor under this name.
+    Sentinel {
+        /// The sentinels.
+        urls: Vec<String>,
+        /// The master's name.
+        master: String,
+    },
+}
+
+impl RedisSetup {
+    /// For logs: the kind and the addresses, passwords redacted.
+    pub fn describe(&self) -> String {
+        let list = |urls: &[String]| urls.iter().map(|u| redact(u)).collect::<Vec<_>>().join(",");
+        match self {
+            RedisSetup::Url(url) => format!("Redis {}", redact(url)),
+            RedisSetup::Cluster(seeds) => format!("Redis Cluster {}", list(seeds)),
+            RedisSetup::Sentinel { urls, master } => {
+                format!("Redis master `{master}` via sentinels {}", list(urls))
+            }
+        }
+    }
+
+    /// Points a cache builder at it.
+    pub fn apply(&self, builder: larder::CacheBuilder) -> larder::CacheBuilder {
+        match self {
+            RedisSetup::Url(url) => builder.redis_url(url),
+            RedisSetup::Cluster(seeds) => builder.redis_cluster(seeds.clone()),
+            RedisSetup::Sentinel { urls, master } => builder.redis_sentinel(urls.clone(), master),
+        }
+    }
+}
+
+impl ServeArgs {
+    /// The Redis of the settings: at most one of REDIS_URL,
+    /// REDIS_CLUSTER_URLS and REDIS_SENTINEL_URLS (+ REDIS_SENTINEL_MASTER).
+    /// Empty values count as unset.
+    pub fn redis(&self) -> Result<Option<RedisSetup>, String> {
+        let nonempty = |v: &[String]| -> Vec<String> {
+            v.iter()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
+        };
+        let url = self
+            .redis_url
+            .as_deref()
+            .map(str::trim)
+            .filter(|u| !u.is_empty());
+        let cluster = nonempty(&self.redis_cluster_urls);
+        let sentinels = nonempty(&self.redis_sentinel_urls);
+        let master = self
+            .redis_sentinel_master
+            .as_deref()
+            .map(str::trim)
+            .filter(|m| !m.is_empty());
+        let given = [url.is_some(), !cluster.is_empty(), !sentinels.is_empty()]
+            .iter()
+            .filter(|g| **g)
+            .count();
+        if given > 1 {
+            return Err(
+                "set only one of REDIS_URL, REDIS_CLUSTER_URLS and REDIS_SENTINEL_URLS (they name different Redis deployments)"
+                    .into(),
+            );
+        }
+        match (url, cluster.is_empty(), sentinels.is_empty(), master) {
+            (Some(url), _, _, None) => Ok(Some(RedisSetup::Url(url.to_string()))),
+            (None, false, _, None) => Ok(Some(RedisSetup::Cluster(cluster))),
+            (None, true, false, Some(master)) => Ok(Some(RedisSetup::Sentinel {
+                urls: sentinels,
+                master: master.to_string(),
+            })),
+            (None, true, false, None) => {
+                Err("REDIS_SENTINEL_URLS needs REDIS_SENTINEL_MASTER (the name the sentinels monitor the master under)".into())
+            }
+            (_, _, true, Some(_)) | (Some(_), _, _, Some(_)) | (None, false, _, Some(_)) => {
+                Err("REDIS_SENTINEL_MASTER is set without REDIS_SENTINEL_URLS".into())
+            }
+            (None, true, true, None) => Ok(None),
+        }
+    }
+}
+
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
@@ -199,6 +304,50 @@ mod tests {
         assert_eq!(
             redact("postgres://postgres@db/x"),
             "postgres://postgres@db/x"
+        );
+    }
+
+    #[test]
+    fn one_redis_deployment_at_most() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["trading"];
+            all.extend_from_slice(args);
+            Cli::try_parse_from(all).unwrap().serve.redis()
+        };
+        assert_eq!(parse(&[]), Ok(None));
+        assert_eq!(
+            parse(&["--redis-cluster-urls", "redis://a:1,redis://b:2"]),
+            Ok(Some(RedisSetup::Cluster(vec![
+                "redis://a:1".into(),
+                "redis://b:2".into()
+            ])))
+        );
+        assert_eq!(
+            parse(&[
+                "--redis-sentinel-urls",
+                "redis://s:1",
+                "--redis-sentinel-master",
+                "m"
+            ]),
+            Ok(Some(RedisSetup::Sentinel {
+                urls: vec!["redis://s:1".into()],
+                master: "m".into()
+            }))
+        );
+        assert!(
+            parse(&[
+                "--redis-url",
+                "redis://x",
+                "--redis-cluster-urls",
+                "redis://a:1"
+            ])
+            .is_err()
+        );
+        assert!(parse(&["--redis-sentinel-urls", "redis://s:1"]).is_err());
+        assert!(parse(&["--redis-sentinel-master", "m"]).is_err());
+        assert_eq!(
+            parse(&["--redis-url", "", "--redis-cluster-urls", "redis://a:1"]),
+            Ok(Some(RedisSetup::Cluster(vec!["redis://a:1".into()])))
         );
     }
 

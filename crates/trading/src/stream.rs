@@ -2,8 +2,10 @@
 //! once; every instance hears it and hands it to its WebSocket clients.
 //!
 //! With Redis, updates travel over Redis pub/sub (channel
-//! `{namespace}:prices`), so a client on any instance sees the updates of
-//! every instance's feed. Without Redis the hub is in-process only.
+//! `{namespace}:prices`, through [`Cache::publish`] and [`Cache::subscribe`],
+//! which work on one server, Sentinel and Cluster alike), so a client on any
+//! instance sees the updates of every instance's feed. Without Redis the hub
+//! is in-process only.
 //!
 //! Inside the process one `tokio::sync::broadcast` channel of fixed
 //! capacity carries updates to the connections: its ring buffer is shared,
@@ -12,14 +14,14 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::time::Duration;
 
-use futures_util::StreamExt;
-use redis::aio::ConnectionManager;
+use larder::{Cache, Subscription};
 use tokio::sync::broadcast;
-use tokio::task::JoinHandle;
 
 use crate::price::Price;
+
+/// The pub/sub channel (under the cache's namespace).
+const CHANNEL: &str = "prices";
 
 /// Updates buffered for all connections together.
 pub const CAPACITY: usize = 1024;
@@ -41,19 +43,12 @@ pub struct Hub {
 
 struct Inner {
     tx: broadcast::Sender<Tick>,
-    channel: String,
-    publisher: Option<ConnectionManager>,
+    /// Publishes to every instance (with Redis).
+    cache: Cache,
     connections: AtomicUsize,
     max_connections: usize,
-    relay: std::sync::Mutex<Option<JoinHandle<()>>>,
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        if let Some(task) = self.relay.lock().ok().and_then(|mut t| t.take()) {
-            task.abort();
-        }
-    }
+    /// Relays other instances' ticks (with Redis); stops when dropped.
+    _relay: Option<Subscription>,
 }
 
 /// Holds one connection slot; frees it on drop.
@@ -67,61 +62,24 @@ impl Drop for Slot {
 }
 
 impl Hub {
-    /// An in-process hub, or one relayed through Redis at `redis_url`.
-    pub async fn new(
-        redis_url: Option<&str>,
-        namespace: &str,
-        max_connections: usize,
-    ) -> anyhow::Result<Hub> {
+    /// A hub relayed through the cache's Redis, or in-process without one.
+    pub fn new(cache: &Cache, max_connections: usize) -> Hub {
         let (tx, _) = broadcast::channel(CAPACITY);
-        let channel = format!("{namespace}:prices");
-        let (publisher, client) = match redis_url {
-            Some(url) => {
-                let client = redis::Client::open(url)?;
-                // A publisher that reconnects by itself; a failed publish
-                // loses one tick, the next one follows within a second.
-                let config = redis::aio::ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(Duration::from_secs(2)))
-                    .set_response_timeout(Some(Duration::from_millis(500)));
-                let manager = match tokio::time::timeout(
-                    Duration::from_secs(3),
-                    ConnectionManager::new_with_config(client.clone(), config),
-                )
-                .await
-                {
-                    Ok(Ok(m)) => Some(m),
-                    _ => {
-                        tracing::warn!(
-                            "price stream: Redis not reachable; updates stay in this instance until it is"
-                        );
-                        None
-                    }
-                };
-                (manager, Some(client))
-            }
-            None => (None, None),
+        // Messages published while the relay reconnects are gone: a price
+        // stream only needs the next update, so a gap needs no action.
+        let relay = {
+            let tx = tx.clone();
+            cache.subscribe(CHANNEL, move |payload| relay(&tx, payload), || {})
         };
-        let hub = Hub {
+        Hub {
             inner: Arc::new(Inner {
                 tx,
-                channel,
-                publisher,
+                cache: cache.clone(),
                 connections: AtomicUsize::new(0),
                 max_connections,
-                relay: std::sync::Mutex::new(None),
+                _relay: relay,
             }),
-        };
-        if let Some(client) = client {
-            let task = tokio::spawn(relay(
-                client,
-                hub.inner.channel.clone(),
-                hub.inner.tx.clone(),
-            ));
-            if let Ok(mut slot) = hub.inner.relay.lock() {
-                *slot = Some(task);
-            }
         }
-        Ok(hub)
     }
 
     /// Sends an update to every instance's clients (this one's included).
@@ -129,20 +87,16 @@ impl Hub {
         let Ok(json) = serde_json::to_string(price) else {
             return;
         };
-        match &self.inner.publisher {
-            Some(conn) => {
-                let mut conn = conn.clone();
-                let sent: redis::RedisResult<i64> = redis::cmd("PUBLISH")
-                    .arg(&self.inner.channel)
-                    .arg(&json)
-                    .query_async(&mut conn)
-                    .await;
-                if let Err(e) = sent {
-                    tracing::debug!(error = %e, "price stream: publish failed; delivering locally");
-                    self.local(&price.symbol, json);
-                }
+        match self.inner.cache.publish(CHANNEL, json.as_bytes()).await {
+            Ok(true) => {}
+            // No Redis: this instance's clients only.
+            Ok(false) => self.local(&price.symbol, json),
+            Err(e) => {
+                // A failed publish loses one tick for the other instances; the
+                // next follows within a second.
+                tracing::debug!(error = %e, "price stream: publish failed; delivering locally");
+                self.local(&price.symbol, json);
             }
-            None => self.local(&price.symbol, json),
         }
     }
 
@@ -172,39 +126,20 @@ impl Hub {
     }
 }
 
-/// Relays `channel` into the broadcast channel, resubscribing after any
-/// error (messages published while disconnected are gone: a price stream
-/// only needs the next update).
-async fn relay(client: redis::Client, channel: String, tx: broadcast::Sender<Tick>) {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        match client.get_async_pubsub().await {
-            Ok(mut pubsub) => match pubsub.subscribe(&channel).await {
-                Ok(()) => {
-                    backoff = Duration::from_millis(100);
-                    let mut messages = pubsub.on_message();
-                    while let Some(msg) = messages.next().await {
-                        let Ok(json) = msg.get_payload::<String>() else {
-                            continue;
-                        };
-                        let symbol = serde_json::from_str::<Price>(&json)
-                            .map(|p| p.symbol)
-                            .unwrap_or_default();
-                        if symbol.is_empty() {
-                            continue;
-                        }
-                        let _ = tx.send(Tick {
-                            symbol: symbol.into(),
-                            json: json.into(),
-                        });
-                    }
-                    tracing::debug!("price stream: Redis subscription ended; resubscribing");
-                }
-                Err(e) => tracing::debug!(error = %e, "price stream: subscribe failed"),
-            },
-            Err(e) => tracing::debug!(error = %e, "price stream: cannot reach Redis"),
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+/// Hands one published tick to this instance's connections.
+fn relay(tx: &broadcast::Sender<Tick>, payload: &[u8]) {
+    let Ok(json) = std::str::from_utf8(payload) else {
+        return;
+    };
+    let symbol = serde_json::from_str::<Price>(json)
+        .map(|p| p.symbol)
+        .unwrap_or_default();
+    if symbol.is_empty() {
+        return;
     }
+    // No receivers is not an error: nobody is watching.
+    let _ = tx.send(Tick {
+        symbol: symbol.into(),
+        json: json.into(),
+    });
 }

@@ -28,6 +28,9 @@ impl Service {
         cmd.args(["--addr", "127.0.0.1:0"])
             .env_remove("DATABASE_URL")
             .env_remove("REDIS_URL")
+            .env_remove("REDIS_CLUSTER_URLS")
+            .env_remove("REDIS_SENTINEL_URLS")
+            .env_remove("REDIS_SENTINEL_MASTER")
             .env("LARDER_PRICE_UPDATES_PER_SEC", "0")
             .env("LARDER_SERVICE_TOKEN", SERVICE_TOKEN)
             .stdout(Stdio::piped())
@@ -159,10 +162,10 @@ async fn two_instances_on_postgres_and_redis_see_each_others_writes() {
     testkit::require_redis().await;
     let db = testkit::TestDatabase::create().await;
     let namespace = testkit::namespace();
-    let redis = testkit::redis_url();
+    let (redis_var, redis) = redis_env();
     let env = [
         ("DATABASE_URL", db.url()),
-        ("REDIS_URL", redis.as_str()),
+        (redis_var, redis.as_str()),
         ("LARDER_NAMESPACE", namespace.as_str()),
         ("LARDER_SEED_USERS", "50"),
     ];
@@ -208,6 +211,15 @@ async fn two_instances_on_postgres_and_redis_see_each_others_writes() {
     assert!(b.stop().await.success());
 }
 
+/// The service's setting for the Redis of this test run: `REDIS_URL`, or
+/// `REDIS_CLUSTER_URLS` when the run is on a cluster.
+fn redis_env() -> (&'static str, String) {
+    match testkit::redis_target() {
+        testkit::RedisTarget::Standalone(url) => ("REDIS_URL", url),
+        testkit::RedisTarget::Cluster(seeds) => ("REDIS_CLUSTER_URLS", seeds.join(",")),
+    }
+}
+
 /// The value of `trading_db_queries_total{query="<query>"}` on `service`
 /// (0 if it has not counted one yet).
 async fn db_queries(service: &Service, query: &str) -> u64 {
@@ -230,10 +242,10 @@ async fn three_processes_hit_by_300_concurrent_requests_for_one_cold_portfolio_q
     testkit::require_redis().await;
     let db = testkit::TestDatabase::create().await;
     let namespace = testkit::namespace();
-    let redis = testkit::redis_url();
+    let (redis_var, redis) = redis_env();
     let env = [
         ("DATABASE_URL", db.url()),
-        ("REDIS_URL", redis.as_str()),
+        (redis_var, redis.as_str()),
         ("LARDER_NAMESPACE", namespace.as_str()),
         ("LARDER_SEED_USERS", "50"),
     ];

@@ -94,13 +94,7 @@ async fn sessions_authenticate_and_authorize() {
         // The raw token is stored nowhere: Redis keys and values carry its
         // hash only.
         if setup == Setup::Production {
-            let client = redis::Client::open(testkit::redis_url()).unwrap();
-            let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-            let keys: Vec<String> = redis::cmd("KEYS")
-                .arg(format!("{}*", state.cache.namespace()))
-                .query_async(&mut conn)
-                .await
-                .unwrap();
+            let keys = testkit::scan_keys(&format!("{}*", state.cache.namespace())).await;
             assert!(keys.iter().any(|k| k.contains("session")), "{keys:?}");
             for key in keys {
                 assert!(!key.contains(&token), "{key} holds the token");
@@ -644,49 +638,61 @@ async fn wait_for_relay(state: &trading::app::AppState) {
 /// the portfolio B serves (after B heard the invalidation), a logout on A
 /// ends the session on B, and B's WebSocket clients get A's prices.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_instances_see_each_others_writes() {
+async fn three_instances_see_each_others_writes() {
     let (args, _db) = support::settings(Setup::Production, false).await;
     let (a_state, a) = support::from_args(&args).await;
     let (b_state, b) = support::from_args(&args).await;
+    let (c_state, c) = support::from_args(&args).await;
+    let others = [(&b_state, &b), (&c_state, &c)];
     let token = login(&a, 21).await;
     let t = Some(token.as_str());
-    let (_, _, before) = call(&b, "GET", "/api/users/21/portfolio", None, t).await;
-    let total = dec(&before["total_market_value"]);
+    // B and C hold the portfolio in their L1.
+    let mut total = Decimal::ZERO;
+    for (_, router) in others {
+        let (_, _, before) = call(router, "GET", "/api/users/21/portfolio", None, t).await;
+        total = dec(&before["total_market_value"]);
+    }
     let buy = r#"{"symbol":"RELIANCE","side":"buy","qty":2}"#;
     let (status, _, receipt) = call(&a, "POST", "/api/orders", Some(buy), t).await;
     assert_eq!(status, StatusCode::CREATED, "{receipt}");
-    assert!(
-        b_state
-            .cache
-            .sync_invalidations(Duration::from_secs(5))
-            .await
-            .unwrap()
-    );
-    let (_, _, after) = call(&b, "GET", "/api/users/21/portfolio", None, t).await;
-    assert_eq!(
-        dec(&after["total_market_value"]),
-        total + dec(&receipt["amount"]),
-        "B serves the portfolio as of A's order"
-    );
+    for (state, router) in others {
+        assert!(
+            state
+                .cache
+                .sync_invalidations(Duration::from_secs(5))
+                .await
+                .unwrap()
+        );
+        let (_, _, after) = call(router, "GET", "/api/users/21/portfolio", None, t).await;
+        assert_eq!(
+            dec(&after["total_market_value"]),
+            total + dec(&receipt["amount"]),
+            "every instance serves the portfolio as of A's order"
+        );
+    }
 
-    // Logout on A: B refuses the token once it heard.
-    let (status, _, _) = call(&b, "GET", "/api/sessions/me", None, t).await;
-    assert_eq!(status, StatusCode::OK);
+    // Logout on A: B and C refuse the token once they heard.
+    for (_, router) in others {
+        let (status, _, _) = call(router, "GET", "/api/sessions/me", None, t).await;
+        assert_eq!(status, StatusCode::OK);
+    }
     let (status, _, _) = call(&a, "DELETE", "/api/sessions/me", None, t).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    assert!(
-        b_state
-            .cache
-            .sync_invalidations(Duration::from_secs(5))
-            .await
-            .unwrap()
-    );
-    let (status, _, _) = call(&b, "GET", "/api/sessions/me", None, t).await;
-    assert_eq!(
-        status,
-        StatusCode::UNAUTHORIZED,
-        "B still accepts a logged-out token"
-    );
+    for (state, router) in others {
+        assert!(
+            state
+                .cache
+                .sync_invalidations(Duration::from_secs(5))
+                .await
+                .unwrap()
+        );
+        let (status, _, _) = call(router, "GET", "/api/sessions/me", None, t).await;
+        assert_eq!(
+            status,
+            StatusCode::UNAUTHORIZED,
+            "another instance still accepts a logged-out token"
+        );
+    }
 
     // A price made on A reaches a client of B.
     let addr = support::serve(b).await;

@@ -46,6 +46,9 @@ pub fn args(db: DbArgs, redis_url: Option<String>, no_cache: bool) -> ServeArgs 
         db,
         addr: "127.0.0.1:0".parse().unwrap(),
         redis_url,
+        redis_cluster_urls: Vec::new(),
+        redis_sentinel_urls: Vec::new(),
+        redis_sentinel_master: None,
         no_cache,
         seed_users: USERS,
         cache_config: None,
@@ -107,11 +110,17 @@ pub async fn settings(setup: Setup, no_cache: bool) -> (ServeArgs, Backing) {
         Setup::Production => {
             testkit::require_redis().await;
             let db = testkit::TestDatabase::create().await;
-            let args = args(
+            let mut args = args(
                 db_args(Some(db.url().to_string()), PathBuf::new()),
-                Some(testkit::redis_url()),
+                None,
                 no_cache,
             );
+            // The Redis of this run: one server, or the cluster of
+            // LARDER_TEST_REDIS_CLUSTER_URLS (./scripts/test runs both).
+            match testkit::redis_target() {
+                testkit::RedisTarget::Standalone(url) => args.redis_url = Some(url),
+                testkit::RedisTarget::Cluster(seeds) => args.redis_cluster_urls = seeds,
+            }
             (args, Backing::Postgres(db))
         }
     }
