@@ -366,41 +366,47 @@ impl ClusterBackend {
     }
 
     /// Indexes of a batch's commands by the node their key lives on.
-    /// Keyless commands join the first group.
     fn group(&self, cmds: &[BatchCmd]) -> Vec<(Arc<str>, Vec<usize>)> {
         let map = self.map.read().unwrap_or_else(|p| p.into_inner());
-        let fallback: Arc<str> = map
-            .ranges
-            .first()
-            .map(|r| Arc::clone(&r.2))
-            .unwrap_or_else(|| Arc::from("unknown"));
-        let mut groups: Vec<(Arc<str>, Vec<usize>)> = Vec::new();
-        let mut keyless = Vec::new();
-        for (i, c) in cmds.iter().enumerate() {
-            let Some(key) = routing_key(&c.cmd) else {
-                keyless.push(i);
-                continue;
-            };
-            let node = map
-                .node_of(slot_of(&key))
-                .cloned()
-                .unwrap_or_else(|| Arc::clone(&fallback));
-            match groups.iter_mut().find(|(n, _)| *n == node) {
-                Some((_, idx)) => idx.push(i),
-                None => groups.push((node, vec![i])),
-            }
-        }
-        if !keyless.is_empty() {
-            match groups.first_mut() {
-                Some((_, idx)) => {
-                    idx.extend(keyless);
-                    idx.sort_unstable();
-                }
-                None => groups.push((fallback, keyless)),
-            }
-        }
-        groups
+        group_by_node(&map, cmds)
     }
+}
+
+/// Indexes of a batch's commands by the master their key lives on, in
+/// order: one group (one pipeline, one round trip) per master. Keyless
+/// commands join the first group.
+fn group_by_node(map: &SlotMap, cmds: &[BatchCmd]) -> Vec<(Arc<str>, Vec<usize>)> {
+    let fallback: Arc<str> = map
+        .ranges
+        .first()
+        .map(|r| Arc::clone(&r.2))
+        .unwrap_or_else(|| Arc::from("unknown"));
+    let mut groups: Vec<(Arc<str>, Vec<usize>)> = Vec::new();
+    let mut keyless = Vec::new();
+    for (i, c) in cmds.iter().enumerate() {
+        let Some(key) = routing_key(&c.cmd) else {
+            keyless.push(i);
+            continue;
+        };
+        let node = map
+            .node_of(slot_of(&key))
+            .cloned()
+            .unwrap_or_else(|| Arc::clone(&fallback));
+        match groups.iter_mut().find(|(n, _)| *n == node) {
+            Some((_, idx)) => idx.push(i),
+            None => groups.push((node, vec![i])),
+        }
+    }
+    if !keyless.is_empty() {
+        match groups.first_mut() {
+            Some((_, idx)) => {
+                idx.extend(keyless);
+                idx.sort_unstable();
+            }
+            None => groups.push((fallback, keyless)),
+        }
+    }
+    groups
 }
 
 /// Sends some of a batch's commands to one node as one pipeline. Replies
@@ -565,6 +571,36 @@ mod tests {
             epoch: 1,
         };
         assert!(gap.node_of(5).is_none() && gap.node_of(21).is_none());
+    }
+
+    #[test]
+    fn a_batch_over_many_slots_is_one_pipeline_per_master() {
+        let map = SlotMap {
+            ranges: vec![
+                (0, 5460, Arc::from("a:1")),
+                (5461, 10922, Arc::from("b:2")),
+                (10923, 16383, Arc::from("c:3")),
+            ],
+            epoch: 1,
+        };
+        let mut batch = Batch::new();
+        for id in 0..50 {
+            batch.cmd("GET").arg(format!("app:{{portfolio:{id}}}"));
+        }
+        batch.cmd("PUBLISH").arg("app:fills").arg("x");
+        let groups = group_by_node(&map, &batch.cmds);
+        assert_eq!(groups.len(), 3, "50 keys on 3 masters: 3 round trips");
+        let mut all: Vec<usize> = groups.iter().flat_map(|(_, idx)| idx.clone()).collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..51).collect::<Vec<_>>(), "every command once");
+        for (node, idx) in &groups {
+            assert!(idx.windows(2).all(|w| w[0] < w[1]), "order kept on {node}");
+            for &i in idx {
+                if let Some(key) = routing_key(&batch.cmds[i].cmd) {
+                    assert_eq!(map.node_of(slot_of(&key)), Some(node));
+                }
+            }
+        }
     }
 
     #[test]
