@@ -448,6 +448,24 @@ impl CacheBuilder {
             })),
             _ => None,
         };
+        if let Some(listener) = &listener {
+            // Until the listener has connected, L1 would miss invalidations
+            // (its first connection drops what L1 took before it): wait for
+            // it, bounded, so that a cache normally serves with it in place.
+            let mut progress = listener.progress.clone();
+            if !matches!(
+                tokio::time::timeout(
+                    self.redis_connect_timeout,
+                    progress.wait_for(|p| p.connected)
+                )
+                .await,
+                Ok(Ok(_))
+            ) {
+                tracing::warn!(
+                    "invalidation bus not connected yet; L1 is dropped when it connects"
+                );
+            }
+        }
         let recoveries = l2.as_ref().map(|l2| l2.recoveries());
         Ok(Cache {
             // The recovery task holds the cache weakly: it must not keep a

@@ -221,10 +221,15 @@ struct Cursor {
     seen: u64,
     /// The Redis server's `run_id`.
     server: Option<String>,
+    /// No session has started yet.
+    first: bool,
 }
 
 async fn listen(settings: ListenerSettings, progress: watch::Sender<Progress>) {
-    let mut cursor = Cursor::default();
+    let mut cursor = Cursor {
+        first: true,
+        ..Cursor::default()
+    };
     let mut backoff = Duration::from_millis(50);
     loop {
         let generation = settings.dialer.generation();
@@ -295,6 +300,14 @@ async fn session(
         // First connection (or a new server): start from the end; L1 holds
         // nothing older that this stream could still invalidate.
         (None, Some(s)) => {
+            // What this process cached before its listener first connected
+            // may have been invalidated meanwhile (a slow first connection,
+            // as a cluster connection is): drop it. Not counted as a flush:
+            // nothing was lost that the stream could have replayed.
+            if cursor.first {
+                settings.flights.void_all();
+                settings.l1.invalidate_all();
+            }
             cursor.position = Some(s.last);
             cursor.seen = s.entries_added;
         }
@@ -318,6 +331,7 @@ async fn session(
             cursor.seen = 0;
         }
     }
+    cursor.first = false;
     let position = cursor.position.unwrap_or_default();
     progress.send_modify(|p| {
         p.connected = true;
