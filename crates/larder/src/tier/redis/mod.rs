@@ -254,8 +254,6 @@ impl RedisTier {
         match &self.backend {
             Backend::Cluster(c) => {
                 for node in c.breakers.unhealthy() {
-                    let mut batch = Batch::new();
-                    batch.cmd("PING");
                     let breaker = c.breakers.get(&node);
                     let _ = self
                         .bounded("PING (probe)", &breaker, async {
