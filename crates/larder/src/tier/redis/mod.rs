@@ -407,11 +407,13 @@ impl RedisTier {
         }
         match &self.backend {
             Backend::Cluster(_) => {
-                let mut batch = Batch::new();
-                for k in keys {
-                    batch.cmd("GET").arg(*k);
-                }
-                self.run_batch("MGET", &batch).await
+                let each = self.get_each(keys, usize::MAX).await;
+                each.into_iter()
+                    .collect::<Result<Vec<_>, ()>>()
+                    .map_err(|()| Error::Redis {
+                        op: "MGET",
+                        reason: "a cluster node did not answer".into(),
+                    })
             }
             _ => self.run("MGET", redis::cmd("MGET").arg(keys)).await,
         }
@@ -419,47 +421,74 @@ impl RedisTier {
 
     /// Reads `keys`, each on its own: on a cluster, the keys of a master
     /// that failed are `Err`, the others are read. `chunk` bounds one
-    /// `MGET` on a single server (more go out as several in one pipeline),
-    /// so that one huge command does not hold Redis's single thread.
+    /// `MGET` (more go out as several in one pipeline), so that one huge
+    /// command does not hold Redis's single thread.
+    ///
+    /// On a cluster the keys are grouped by slot, one `MGET` per slot, and
+    /// the `MGET`s by master, one pipeline per master in parallel. The
+    /// common case, every key in one slot (a value and its pending
+    /// write-behind entry share the hash tag), is one command routed by
+    /// redis-rs, which costs what a bare cluster `GET` does.
     pub async fn get_each(&self, keys: &[&str], chunk: usize) -> Vec<KeyRead> {
         if keys.is_empty() {
             return Vec::new();
         }
-        match &self.backend {
-            Backend::Cluster(c) => {
-                let mut batch = Batch::new();
-                for k in keys {
-                    batch.cmd("GET").arg(*k);
-                }
-                c.run_batch(&batch, self.op_timeout)
+        let chunk = chunk.max(1);
+        let Backend::Cluster(c) = &self.backend else {
+            let all = if keys.len() <= chunk {
+                self.run::<Vec<Option<Vec<u8>>>>("MGET", redis::cmd("MGET").arg(keys))
                     .await
-                    .into_iter()
-                    .map(|r| match r {
-                        Ok(v) => Option::<Vec<u8>>::from_redis_value(v).map_err(|_| ()),
-                        Err(_) => Err(()),
-                    })
-                    .collect()
+            } else {
+                let mut batch = Batch::new();
+                for part in keys.chunks(chunk) {
+                    batch.cmd("MGET").arg(part);
+                }
+                self.run_batch::<Vec<Vec<Option<Vec<u8>>>>>("MGET (pipeline)", &batch)
+                    .await
+                    .map(|parts| parts.into_iter().flatten().collect())
+            };
+            return match all {
+                Ok(values) if values.len() == keys.len() => values.into_iter().map(Ok).collect(),
+                _ => keys.iter().map(|_| Err(())).collect(),
+            };
+        };
+        // One `MGET` per slot (and per `chunk` keys of it).
+        let mut parts: Vec<Vec<usize>> = Vec::new();
+        for (_, idx) in by_slot(keys) {
+            parts.extend(idx.chunks(chunk).map(<[usize]>::to_vec));
+        }
+        let mut batch = Batch::new();
+        for idx in &parts {
+            batch.cmd("MGET");
+            for &i in idx {
+                batch.arg(keys[i]);
             }
-            _ => {
-                let all = if keys.len() <= chunk {
-                    self.mget(keys).await
-                } else {
-                    let mut batch = Batch::new();
-                    for part in keys.chunks(chunk.max(1)) {
-                        batch.cmd("MGET").arg(part);
-                    }
-                    self.run_batch::<Vec<Vec<Option<Vec<u8>>>>>("MGET (pipeline)", &batch)
-                        .await
-                        .map(|parts| parts.into_iter().flatten().collect())
-                };
-                match all {
-                    Ok(values) if values.len() == keys.len() => {
-                        values.into_iter().map(Ok).collect()
-                    }
-                    _ => keys.iter().map(|_| Err(())).collect(),
+        }
+        let mut out: Vec<KeyRead> = keys.iter().map(|_| Err(())).collect();
+        if let ([idx], [only]) = (parts.as_slice(), batch.cmds.as_slice()) {
+            if let Ok(values) = self.run::<Vec<Option<Vec<u8>>>>("MGET", &only.cmd).await
+                && values.len() == idx.len()
+            {
+                for (&i, v) in idx.iter().zip(values) {
+                    out[i] = Ok(v);
+                }
+            }
+            return out;
+        }
+        let replies = c.run_batch(&batch, self.op_timeout).await;
+        for (idx, reply) in parts.iter().zip(replies) {
+            let Ok(values) = reply.and_then(|v| {
+                Vec::<Option<Vec<u8>>>::from_redis_value(v).map_err(|e| e.to_string())
+            }) else {
+                continue;
+            };
+            if values.len() == idx.len() {
+                for (&i, v) in idx.iter().zip(values) {
+                    out[i] = Ok(v);
                 }
             }
         }
+        out
     }
 
     /// `UNLINK keys...` (a non-blocking `DEL`); on a cluster, one per slot.
@@ -469,17 +498,13 @@ impl RedisTier {
         }
         match &self.backend {
             Backend::Cluster(_) => {
-                let mut by_slot: Vec<(u16, Vec<&str>)> = Vec::new();
-                for k in keys {
-                    let slot = slot_of(k.as_bytes());
-                    match by_slot.iter_mut().find(|(s, _)| *s == slot) {
-                        Some((_, ks)) => ks.push(k),
-                        None => by_slot.push((slot, vec![k])),
-                    }
-                }
                 let mut batch = Batch::new();
-                for (_, ks) in &by_slot {
-                    batch.cmd("UNLINK").arg(ks).ignore();
+                for (_, idx) in by_slot(keys) {
+                    batch.cmd("UNLINK");
+                    for i in idx {
+                        batch.arg(keys[i]);
+                    }
+                    batch.ignore();
                 }
                 self.run_batch::<()>("UNLINK", &batch).await
             }
@@ -641,4 +666,20 @@ pub(crate) fn add_store(pipe: &mut Batch, key: &str, value: &[u8], ttl: Option<D
 /// Milliseconds for `PX`, at least 1 (`PX 0` is an error in Redis).
 fn ttl_ms(ttl: Duration) -> u64 {
     (ttl.as_millis() as u64).max(1)
+}
+
+/// The indexes of `keys` grouped by hash slot, in first-seen order: a
+/// multi-key command on a cluster must stay within one slot.
+fn by_slot(keys: &[&str]) -> Vec<(u16, Vec<usize>)> {
+    let mut groups: Vec<(u16, Vec<usize>)> = Vec::new();
+    let mut at: std::collections::HashMap<u16, usize> = std::collections::HashMap::new();
+    for (i, k) in keys.iter().enumerate() {
+        let slot = slot_of(k.as_bytes());
+        let g = *at.entry(slot).or_insert_with(|| {
+            groups.push((slot, Vec::new()));
+            groups.len() - 1
+        });
+        groups[g].1.push(i);
+    }
+    groups
 }
