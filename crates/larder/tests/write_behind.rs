@@ -332,3 +332,67 @@ async fn write_behind_needs_a_write_behind_family() {
         Err(larder::Error::Config { .. })
     ));
 }
+
+/// The ids of the clients whose name starts with `prefix` on the
+/// standalone test server.
+async fn clients_named(conn: &mut redis::aio::MultiplexedConnection, prefix: &str) -> Vec<String> {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(conn)
+        .await
+        .unwrap();
+    list.lines()
+        .filter(|l| l.contains(&format!(" name={prefix}")))
+        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+        .map(str::to_string)
+        .collect()
+}
+
+/// A worker's `XREADGROUP BLOCK` (like the bus listener's `XREAD BLOCK`)
+/// waits longer than redis-rs's default response timeout (500 ms): on a
+/// connection that kept it, an idle queue timed out, logged a warning and
+/// reconnected every second. Idle, the worker keeps its connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_worker_keeps_its_connection() {
+    let url = testkit::redis_url();
+    testkit::require_redis().await;
+    let mut raw = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("the standalone test Redis (start it: redis-server --port 6379)");
+    let ns = testkit::namespace();
+    let cache = Cache::builder()
+        .namespace(&ns)
+        .family(policy())
+        .redis_url(&url)
+        .redis_timeout(Duration::from_millis(100))
+        .build()
+        .await
+        .unwrap();
+    let kv = cache.family::<u64, String>("kv").unwrap();
+    let consumer = format!("{ns}-worker");
+    let worker = cache
+        .write_behind_worker(&kv, |_batch: Vec<Write<u64, String>>| async {
+            Ok::<_, PersistError>(())
+        })
+        .consumer(&consumer)
+        .start();
+    let name = format!("larder-write-behind:{consumer}");
+    let before = bounded("the worker's connection", async {
+        loop {
+            let ids = clients_named(&mut raw, &name).await;
+            if !ids.is_empty() {
+                return ids;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    // Idle for longer than a blocking read plus the old 500 ms cut-off,
+    // twice over: this wait is what the test is about.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = clients_named(&mut raw, &name).await;
+    assert_eq!(before, after, "an idle worker reconnected");
+    worker.shutdown(Duration::from_secs(2)).await;
+}

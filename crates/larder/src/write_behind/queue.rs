@@ -106,6 +106,18 @@ impl RedisQueue {
             .connect(self.op_timeout * 10)
             .await
             .map_err(|e| redis_err("CONNECT", e))?;
+        // Named, as the bus listener's is, so that an operator's `CLIENT
+        // LIST` says whose it is. A name is a courtesy: an ACL that
+        // forbids it costs nothing.
+        let mut named = c.clone();
+        let mut cmd = redis::cmd("CLIENT");
+        cmd.arg("SETNAME")
+            .arg(format!("larder-write-behind:{}", self.consumer));
+        let _ = tokio::time::timeout(
+            self.op_timeout,
+            named.query_at::<()>(&cmd, &self.names.stream),
+        )
+        .await;
         self.conn = Some(c.clone());
         Ok(c)
     }

@@ -13,7 +13,9 @@ use std::time::Duration;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, RedisResult, Value};
+use redis::{
+    AsyncConnectionConfig, Cmd, FromRedisValue, Pipeline, RedisFuture, RedisResult, Value,
+};
 
 use super::cluster::ClusterBackend;
 use super::sentinel::SentinelBackend;
@@ -43,11 +45,19 @@ fn io_error(what: &str) -> redis::RedisError {
 
 impl Dialer {
     /// Opens a connection, bounded by `timeout`.
+    ///
+    /// Without redis-rs's default response timeout (500 ms): these
+    /// connections carry blocking reads (`XREADGROUP BLOCK 1000`, `XREAD
+    /// BLOCK 2000`) that the default would cut short, and every call on
+    /// them is bounded by larder's own timeout anyway.
     pub async fn connect(&self, timeout: Duration) -> RedisResult<OwnConn> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(None);
         let attempt = async {
             match self {
                 Dialer::Standalone(client) => client
-                    .get_multiplexed_async_connection()
+                    .get_multiplexed_async_connection_with_config(&config)
                     .await
                     .map(OwnConn::Single),
                 Dialer::Sentinel(s) => {
@@ -56,7 +66,7 @@ impl Dialer {
                         .ok_or_else(|| io_error("no Redis master known yet"))?;
                     master
                         .client
-                        .get_multiplexed_async_connection()
+                        .get_multiplexed_async_connection_with_config(&config)
                         .await
                         .map(OwnConn::Single)
                 }
