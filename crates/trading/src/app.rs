@@ -127,6 +127,7 @@ impl AppState {
                 per_sec: args.login_attempts_per_min / 60.0,
                 burst: 5,
             }),
+            trusted_proxies: args.trusted_proxies.clone(),
         };
         let hub = Hub::new(&cache, args.ws_max_connections);
         Ok(AppState {

@@ -134,9 +134,18 @@ pub struct ServeArgs {
     pub service_token: Option<String>,
 
     /// Requests per second allowed per client IP (bursts of twice that);
-    /// 0: unlimited. Behind a proxy, limit in the proxy instead.
+    /// 0: unlimited. Behind a proxy, limit in the proxy instead (or trust
+    /// it with `LARDER_TRUSTED_PROXIES`).
     #[arg(long, env = "LARDER_RATE_LIMIT_IP", default_value_t = 200.0)]
     pub rate_limit_ip: f64,
+
+    /// Addresses of the proxies in front of this instance (comma-separated,
+    /// e.g. `127.0.0.1` for the topology's Nginx). A request from one of
+    /// them is limited by the client address the proxy names in
+    /// `X-Real-IP`; anyone else's `X-Real-IP` is ignored, so a client
+    /// cannot pick its own rate-limit bucket. Unset: no proxy is trusted.
+    #[arg(long, env = "LARDER_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 
     /// Requests per second allowed per session token (bursts of twice
     /// that); 0: unlimited.

@@ -120,6 +120,41 @@ async fn get(addr: &str, path: &str) -> (u16, String) {
     }
 }
 
+/// A login with a wrong password through the gateway, from the loopback
+/// address `source` (optionally claiming to be `claims` in X-Real-IP):
+/// the status code (0 when the connection failed).
+async fn failed_login(source: &str, claims: Option<&str>) -> u16 {
+    let attempt = async {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(
+            format!("{source}:0")
+                .parse()
+                .map_err(std::io::Error::other)?,
+        )?;
+        let mut stream = socket
+            .connect(GATEWAY.parse().map_err(std::io::Error::other)?)
+            .await?;
+        let body = r#"{"email":"user1@example.com","password":"not the password"}"#;
+        let claim = claims.map_or(String::new(), |ip| format!("X-Real-IP: {ip}\r\n"));
+        let request = format!(
+            "POST /api/sessions HTTP/1.1\r\nHost: {GATEWAY}\r\n{claim}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes()).await?;
+        let mut response = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut response).await?;
+        Ok::<_, std::io::Error>(response)
+    };
+    match tokio::time::timeout(Duration::from_secs(10), attempt).await {
+        Ok(Ok(response)) => response
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0),
+        _ => 0,
+    }
+}
+
 /// The sum of the `name{...}` series whose labels contain `with` in an
 /// instance's `/metrics`.
 async fn metric(port: u16, name: &str, with: &str) -> f64 {
@@ -173,6 +208,35 @@ async fn the_gateway_spreads_reads_retries_them_past_a_dead_instance_and_websock
             "the instance on {port} served none of 60 reads"
         );
     }
+
+    // Logins are limited per client, not per gateway: the instances trust
+    // Nginx's X-Real-IP, and Nginx sets it from the peer (a client's own
+    // X-Real-IP is overwritten). Each instance keeps its own budget, so
+    // one client gets at most 3 x 5 attempts in a burst.
+    let mut refused_after = None;
+    for attempt in 1..=40 {
+        let status = failed_login("127.0.0.2", None).await;
+        assert!(status == 401 || status == 429, "login answered {status}");
+        if status == 429 {
+            refused_after = Some(attempt);
+            break;
+        }
+    }
+    let refused_after = refused_after.expect("40 bad logins from one client, none refused");
+    assert!(
+        refused_after > 5,
+        "refused after {refused_after}: budgets are per instance"
+    );
+    assert_eq!(
+        failed_login("127.0.0.3", None).await,
+        401,
+        "another client is not refused for the first one's attempts"
+    );
+    assert_eq!(
+        failed_login("127.0.0.3", Some("127.0.0.9")).await,
+        401,
+        "a client cannot choose its bucket with its own X-Real-IP"
+    );
 
     // One instance dies: Nginx retries its reads on the others.
     topology.kill(INSTANCES[1]);

@@ -102,6 +102,28 @@ pub struct RateLimits {
     pub per_session: Option<Limiter>,
     /// `POST /api/sessions`, per client IP.
     pub login: Option<Limiter>,
+    /// Peers whose `X-Real-IP` names the client (the gateway).
+    pub trusted_proxies: Vec<IpAddr>,
+}
+
+/// The address a request is limited by: the peer's, or, when the peer is
+/// a trusted proxy, the client address it passed on in `X-Real-IP`. A
+/// missing or malformed header from a proxy leaves the proxy's own
+/// address (one shared budget: fails closed, not open).
+fn client_ip(req: &Request, trusted: &[IpAddr]) -> Option<IpAddr> {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip())?;
+    if !trusted.contains(&peer) {
+        return Some(peer);
+    }
+    let named = req
+        .headers()
+        .get("x-real-ip")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<IpAddr>().ok());
+    Some(named.unwrap_or(peer))
 }
 
 fn retry_after(wait: Duration) -> ApiError {
@@ -117,13 +139,10 @@ pub async fn limit(State(app): State<AppState>, req: Request, next: Next) -> Res
         return next.run(req).await;
     }
     let now = Instant::now();
-    // Behind a proxy every client has the proxy's address: put the limit
-    // in the proxy then, or run without one (`--rate-limit-ip 0`).
-    let ip: Option<IpAddr> = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.ip());
+    // Behind a proxy every peer is the proxy: trust it to name the client
+    // (`LARDER_TRUSTED_PROXIES`), or the limits become one shared budget.
     let limits = &app.limits;
+    let ip = client_ip(&req, &limits.trusted_proxies);
     if req.method() == Method::POST
         && path == "/api/sessions"
         && let Some(login) = &limits.login
@@ -156,6 +175,50 @@ pub async fn limit(State(app): State<AppState>, req: Request, next: Next) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn from(peer: &str, real_ip: Option<&str>) -> Request {
+        let mut req = Request::new(axum::body::Body::empty());
+        let peer: SocketAddr = format!("{peer}:4000").parse().unwrap();
+        req.extensions_mut().insert(ConnectInfo(peer));
+        if let Some(ip) = real_ip {
+            req.headers_mut().insert("x-real-ip", ip.parse().unwrap());
+        }
+        req
+    }
+
+    #[test]
+    fn only_a_trusted_proxy_names_the_client() {
+        let proxy: IpAddr = "127.0.0.1".parse().unwrap();
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        // From the proxy: the client it names.
+        assert_eq!(
+            client_ip(&from("127.0.0.1", Some("10.1.2.3")), &[proxy]),
+            ip("10.1.2.3")
+        );
+        assert_eq!(
+            client_ip(&from("127.0.0.1", Some(" ::1 ")), &[proxy]),
+            ip("::1")
+        );
+        // From anyone else, the header is the client's own claim: ignored.
+        assert_eq!(
+            client_ip(&from("10.9.9.9", Some("10.1.2.3")), &[proxy]),
+            ip("10.9.9.9")
+        );
+        // No proxy trusted: never read.
+        assert_eq!(
+            client_ip(&from("127.0.0.1", Some("10.1.2.3")), &[]),
+            ip("127.0.0.1")
+        );
+        // A proxy that sent nothing usable: its own address.
+        assert_eq!(
+            client_ip(&from("127.0.0.1", Some("not an ip")), &[proxy]),
+            ip("127.0.0.1")
+        );
+        assert_eq!(
+            client_ip(&from("127.0.0.1", None), &[proxy]),
+            ip("127.0.0.1")
+        );
+    }
 
     #[test]
     fn allows_the_burst_then_the_rate() {

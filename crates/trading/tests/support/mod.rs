@@ -62,6 +62,7 @@ pub fn args(db: DbArgs, redis_url: Option<String>, no_cache: bool) -> ServeArgs 
         rate_limit_ip: 0.0,
         rate_limit_session: 0.0,
         login_attempts_per_min: 0.0,
+        trusted_proxies: Vec::new(),
         ws_max_connections: 1_000,
     }
 }
