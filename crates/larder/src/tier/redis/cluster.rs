@@ -62,8 +62,11 @@ impl SlotMap {
         out
     }
 
-    /// Reads a `CLUSTER SLOTS` reply.
-    fn parse(reply: &Value) -> Option<Vec<(u16, u16, Arc<str>)>> {
+    /// Reads a `CLUSTER SLOTS` reply. A node that does not know its own
+    /// address (a one-node cluster never learns it: nobody met it) reports
+    /// an empty host, meaning "the one you asked": `asked_host`, as
+    /// redis-rs does.
+    fn parse(reply: &Value, asked_host: &str) -> Option<Vec<(u16, u16, Arc<str>)>> {
         let Value::Array(rows) = reply else {
             return None;
         };
@@ -79,6 +82,11 @@ impl SlotMap {
                 Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
                 Some(Value::SimpleString(s)) => s.clone(),
                 _ => continue,
+            };
+            let host = if host.is_empty() || host == "?" {
+                asked_host.to_string()
+            } else {
+                host
             };
             let Some(Value::Int(port)) = master.get(1) else {
                 continue;
@@ -292,7 +300,15 @@ impl ClusterBackend {
             tracing::debug!("cluster slot map refresh failed; keeping the old one");
             return;
         };
-        let Some(ranges) = SlotMap::parse(&reply) else {
+        // Only a one-node cluster reports no host for a node, and its one
+        // node is a seed.
+        let seed_host = match self.seeds.first().map(|s| s.addr()) {
+            Some(
+                redis::ConnectionAddr::Tcp(host, _) | redis::ConnectionAddr::TcpTls { host, .. },
+            ) => host.as_str(),
+            _ => "127.0.0.1",
+        };
+        let Some(ranges) = SlotMap::parse(&reply, seed_host) else {
             return;
         };
         let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
@@ -601,6 +617,30 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_node_without_a_known_address_is_the_one_asked() {
+        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let row = |first: i64, last: i64, host: &str, port: i64| {
+            Value::Array(vec![
+                Value::Int(first),
+                Value::Int(last),
+                Value::Array(vec![bulk(host), Value::Int(port), bulk("id")]),
+            ])
+        };
+        // A one-node cluster: `CLUSTER SLOTS` names no host.
+        let one = Value::Array(vec![row(0, 16383, "", 7391)]);
+        let ranges = SlotMap::parse(&one, "10.0.0.5").unwrap();
+        assert_eq!(ranges, vec![(0, 16383, Arc::from("10.0.0.5:7391"))]);
+        // Known hosts are kept, and sorted by first slot.
+        let three = Value::Array(vec![
+            row(5461, 16383, "10.0.0.2", 7001),
+            row(0, 5460, "10.0.0.1", 7000),
+        ]);
+        let ranges = SlotMap::parse(&three, "10.0.0.5").unwrap();
+        assert_eq!(ranges[0].2.as_ref(), "10.0.0.1:7000");
+        assert_eq!(ranges[1].2.as_ref(), "10.0.0.2:7001");
     }
 
     #[test]
