@@ -10,6 +10,7 @@ mod service;
 mod stampede;
 mod write_behind;
 mod ws;
+mod ws_fleet;
 
 use clap::{Parser, Subcommand};
 
@@ -41,6 +42,12 @@ enum Scenario {
     /// Live price stream: idle WebSocket connections one instance holds
     /// and memory per connection, against idle HTTP keep-alives.
     Ws(ws::WsArgs),
+    /// The article's 100,000 concurrent price-stream clients: held at once
+    /// by several instances, every sampled client still receiving prices.
+    WsFleet(ws_fleet::FleetArgs),
+    /// One client process of ws-fleet (started by it).
+    #[command(hide = true)]
+    WsHold(ws_fleet::HoldArgs),
 }
 
 #[tokio::main]
@@ -51,5 +58,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Bus(args) => bus::run(args).await,
         Scenario::Stampede(args) => stampede::run(args).await,
         Scenario::Ws(args) => ws::run(args).await,
+        Scenario::WsFleet(args) => ws_fleet::run(args).await,
+        Scenario::WsHold(args) => ws_fleet::hold(args).await,
     }
 }

@@ -52,7 +52,25 @@ async fn head(stream: &mut TcpStream) -> anyhow::Result<String> {
 }
 
 async fn open_ws(addr: String, symbols: String) -> anyhow::Result<TcpStream> {
-    let mut s = TcpStream::connect(&addr).await?;
+    open_ws_from(None, addr, symbols).await
+}
+
+/// A price-stream WebSocket to `addr`, from the loopback address `source`
+/// when given (one source address runs out of ephemeral ports at ~28,000
+/// connections to one destination).
+pub(crate) async fn open_ws_from(
+    source: Option<std::net::IpAddr>,
+    addr: String,
+    symbols: String,
+) -> anyhow::Result<TcpStream> {
+    let mut s = match source {
+        None => TcpStream::connect(&addr).await?,
+        Some(ip) => {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(std::net::SocketAddr::new(ip, 0))?;
+            socket.connect(addr.parse()?).await?
+        }
+    };
     let key = "dGhlIHNhbXBsZSBub25jZQ==";
     let req = format!(
         "GET /ws/prices?symbols={symbols} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
@@ -109,7 +127,7 @@ where
 
 /// Memory after the process settles (allocators return memory lazily:
 /// take the lowest of a few readings a little apart).
-async fn settled_rss(svc: &Service) -> anyhow::Result<u64> {
+pub(crate) async fn settled_rss(svc: &Service) -> anyhow::Result<u64> {
     let mut lowest = u64::MAX;
     for _ in 0..5 {
         tokio::time::sleep(Duration::from_millis(300)).await;
