@@ -103,9 +103,11 @@ struct Seen {
 /// `bench ws-hold`: opens the connections, says `opened <n> <secs>` on
 /// stdout, keeps reading every one of them (so that none falls behind and
 /// is dropped by the server), and for each `sample` line on stdin answers
-/// `sampled <alive> <of> <open> <received>`: sampled clients that got a new
-/// price within 30 s, how many were sampled, connections still open, and
-/// connections (of all) that got a new price in that time. Exits at EOF.
+/// `sampled <alive> <of> <open> <received> <sample secs> <all secs>`:
+/// sampled clients that got a new price within 30 s, how many were
+/// sampled, connections still open, connections (of all) that got a new
+/// price within the same 30 s, and how long the sample and all took.
+/// Exits at EOF.
 pub async fn hold(args: HoldArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut seen: Vec<Arc<Seen>> = Vec::with_capacity(args.connections);
@@ -171,19 +173,32 @@ pub async fn hold(args: HoldArgs) -> anyhow::Result<()> {
         let step = (seen.len() / args.sample.max(1)).max(1);
         let sampled: Vec<usize> = (0..seen.len()).step_by(step).take(args.sample).collect();
         let got = |i: usize| seen[i].prices.load(Ordering::Relaxed) > before[i];
-        let deadline = Instant::now() + SAMPLE_WITHIN;
+        let asked = Instant::now();
+        let deadline = asked + SAMPLE_WITHIN;
         // Polling counters that reader tasks bump; bounded by the deadline.
+        // First the sample, then (same deadline) every connection.
         while Instant::now() < deadline && !sampled.iter().all(|&i| got(i)) {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let alive = sampled.iter().filter(|&&i| got(i)).count();
+        let sample_secs = asked.elapsed().as_secs_f64();
+        while Instant::now() < deadline && !(0..seen.len()).all(got) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let all_secs = asked.elapsed().as_secs_f64();
         let open = seen
             .iter()
             .filter(|s| !s.closed.load(Ordering::Relaxed))
             .count();
         let received = (0..seen.len()).filter(|&i| got(i)).count();
-        out.write_all(format!("sampled {alive} {} {open} {received}\n", sampled.len()).as_bytes())
-            .await?;
+        out.write_all(
+            format!(
+                "sampled {alive} {} {open} {received} {sample_secs:.3} {all_secs:.3}\n",
+                sampled.len()
+            )
+            .as_bytes(),
+        )
+        .await?;
         out.flush().await?;
     }
     Ok(())
@@ -332,6 +347,7 @@ async fn drive(
         c.stdin.flush().await?;
     }
     let (mut alive, mut sampled, mut still_open, mut received) = (0usize, 0usize, 0usize, 0usize);
+    let (mut sample_secs, mut all_secs) = (0f64, 0f64);
     for c in &mut clients {
         let a = c
             .answer("sampled", SAMPLE_WITHIN + Duration::from_secs(30))
@@ -341,6 +357,8 @@ async fn drive(
         sampled += get(1);
         still_open += get(2);
         received += get(3);
+        sample_secs = sample_secs.max(a.get(4).copied().unwrap_or(f64::NAN));
+        all_secs = all_secs.max(a.get(5).copied().unwrap_or(f64::NAN));
     }
     drop(clients);
 
@@ -358,7 +376,8 @@ async fn drive(
     );
     println!("opened all in {open_secs:.1} s; {still_open} still open when sampled");
     println!(
-        "{alive}/{sampled} sampled clients received a new price within {}s; {received} of all {opened} did",
+        "{alive}/{sampled} sampled clients received a new price within {sample_secs:.1} s; \
+         {received} of all {opened} within {all_secs:.1} s (bound {} s)",
         SAMPLE_WITHIN.as_secs()
     );
     if !services.is_empty() {
@@ -388,6 +407,8 @@ async fn drive(
             "sampled": sampled,
             "sampled_alive": alive,
             "received_in_window": received,
+            "sample_received_secs": sample_secs,
+            "all_received_secs": all_secs,
             "rss_baseline_bytes": baseline,
             "rss_with_all_bytes": with,
             "bytes_per_connection": per_conn,
