@@ -5,9 +5,9 @@
 //! One process may hold only as many sockets as its open-file limit allows
 //! (`ulimit -n`: 20,000 on the session machine, not raisable there), on
 //! either side of a connection. So the load comes from several client
-//! processes (this binary again, `bench ws-hold`), each from a loopback
-//! address of its own (127.0.0.10, .11, …), and the server side is as many
-//! instances as the count needs. Only the first instance runs the price
+//! processes (this binary again, `bench ws-hold`), each from loopback
+//! addresses of its own (127.0.1.10, 127.0.2.10, …), and the server side
+//! is as many instances as the count needs. Only the first instance runs the price
 //! feed: the others relay its prices from Redis pub/sub, so a client of
 //! any instance receiving prices shows the whole path working.
 //!
@@ -54,6 +54,11 @@ pub struct FleetArgs {
     /// Price updates per second of the feed (first instance only).
     #[arg(long, default_value_t = 1)]
     pub updates_per_sec: u32,
+    /// Source addresses per client process (127.0.<process + 1>.10 and
+    /// up): behind a gateway that limits per address, enough of them that
+    /// the limit is not what is measured.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=240))]
+    pub sources_per_client: u8,
     /// Clients sampled per client process: each must receive a new price.
     #[arg(long, default_value_t = 200)]
     pub sample: usize,
@@ -77,9 +82,14 @@ pub struct HoldArgs {
     /// Connections to open and hold.
     #[arg(long)]
     pub connections: usize,
-    /// Loopback address to connect from.
+    /// Loopback address to connect from (the first of `--sources`).
     #[arg(long)]
-    pub source: IpAddr,
+    pub source: std::net::Ipv4Addr,
+    /// Source addresses to rotate over, counting up from `--source`: a
+    /// gateway that rate-limits per client address refuses one address's
+    /// thousands of handshakes, as it should.
+    #[arg(long, default_value_t = 1)]
+    pub sources: u8,
     /// Symbols each WebSocket follows.
     #[arg(long)]
     pub symbols: String,
@@ -116,11 +126,10 @@ pub async fn hold(args: HoldArgs) -> anyhow::Result<()> {
     while seen.len() < args.connections {
         while opening.len() < OPENING_AT_ONCE && next < args.connections {
             let target = args.targets[next % args.targets.len()].clone();
-            opening.spawn(open_ws_from(
-                Some(args.source),
-                target,
-                args.symbols.clone(),
-            ));
+            let [a, b, c, d] = args.source.octets();
+            let d = d.saturating_add((next % usize::from(args.sources.max(1))) as u8);
+            let source = IpAddr::from([a, b, c, d]);
+            opening.spawn(open_ws_from(Some(source), target, args.symbols.clone()));
             next += 1;
         }
         let Some(opened) = opening.join_next().await else {
@@ -216,7 +225,7 @@ impl Client {
         args: &FleetArgs,
         targets: &[String],
         n: usize,
-        source: IpAddr,
+        source: std::net::Ipv4Addr,
     ) -> anyhow::Result<Client> {
         let exe = std::env::current_exe()?;
         let mut child = Command::new(exe)
@@ -227,6 +236,8 @@ impl Client {
             .arg(n.to_string())
             .arg("--source")
             .arg(source.to_string())
+            .arg("--sources")
+            .arg(args.sources_per_client.to_string())
             .arg("--symbols")
             .arg(&args.symbols)
             .arg("--sample")
@@ -327,7 +338,8 @@ async fn drive(
     let mut k = 0u8;
     while left > 0 {
         let take = left.min(args.per_client.max(1));
-        let source = IpAddr::from([127, 0, 0, 10u8.saturating_add(k)]);
+        let process = k.checked_add(1).context("too many client processes")?;
+        let source = std::net::Ipv4Addr::new(127, 0, process, 10);
         clients.push(Client::spawn(args, targets, take, source)?);
         left -= take;
         k = k.checked_add(1).context("too many client processes")?;
@@ -366,13 +378,14 @@ async fn drive(
     let rss_base: u64 = baseline.iter().sum();
     let per_conn = rss_with.saturating_sub(rss_base) as f64 / opened.max(1) as f64;
     println!(
-        "{opened} price-stream WebSockets held at once by {} ({} client processes, sources 127.0.0.10+)",
+        "{opened} price-stream WebSockets held at once by {} ({k} client processes, \
+         each from {} address(es) 127.0.<process>.10+)",
         if services.is_empty() {
             targets.join(", ")
         } else {
             format!("{} trading instances", services.len())
         },
-        k
+        args.sources_per_client
     );
     println!("opened all in {open_secs:.1} s; {still_open} still open when sampled");
     println!(
@@ -402,6 +415,7 @@ async fn drive(
             "instances": services.len(),
             "targets": targets,
             "client_processes": k,
+            "sources_per_client": args.sources_per_client,
             "open_secs": open_secs,
             "still_open": still_open,
             "sampled": sampled,
