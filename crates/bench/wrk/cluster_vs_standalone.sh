@@ -90,29 +90,23 @@ measure() { # label, env...
   printf '| %s | %s | %s | %s | %s |\n' "$label" "$rps" "$p50" "$p99" "${errors:-0}"
 }
 
+# Both ways on one deployment: as configured (L1 hits), then L1 off.
+l1_on_and_off() { # label, the Redis setting
+  measure "$1-l1-on" "$2"
+  measure "$1-l1-off" "$2" LARDER_CACHE_CONFIG="$run/l2-only.toml"
+}
+
 printf '| run | requests/s | p50 | p99 | non-2xx |\n|---|---:|---:|---:|---:|\n'
 
 redis 7390
-for l1 in on off; do
-  cfg=()
-  [ "$l1" = off ] && cfg=(LARDER_CACHE_CONFIG="$run/l2-only.toml")
-  measure "standalone-l1-$l1" REDIS_URL=redis://127.0.0.1:7390 "${cfg[@]}"
-done
+l1_on_and_off standalone REDIS_URL=redis://127.0.0.1:7390
 
 redis 7391 cluster
 redis-cli -p 7391 cluster addslotsrange 0 16383 >/dev/null
 wait_cluster 7391
-for l1 in on off; do
-  cfg=()
-  [ "$l1" = off ] && cfg=(LARDER_CACHE_CONFIG="$run/l2-only.toml")
-  measure "cluster1-l1-$l1" REDIS_CLUSTER_URLS=redis://127.0.0.1:7391 "${cfg[@]}"
-done
+l1_on_and_off cluster1 REDIS_CLUSTER_URLS=redis://127.0.0.1:7391
 
 for p in 7393 7394 7395; do redis "$p" cluster; done
 redis-cli --cluster create 127.0.0.1:7393 127.0.0.1:7394 127.0.0.1:7395 --cluster-yes >/dev/null
 wait_cluster 7393 7394 7395
-for l1 in on off; do
-  cfg=()
-  [ "$l1" = off ] && cfg=(LARDER_CACHE_CONFIG="$run/l2-only.toml")
-  measure "cluster3-l1-$l1" REDIS_CLUSTER_URLS=redis://127.0.0.1:7393,redis://127.0.0.1:7394 "${cfg[@]}"
-done
+l1_on_and_off cluster3 REDIS_CLUSTER_URLS=redis://127.0.0.1:7393,redis://127.0.0.1:7394
