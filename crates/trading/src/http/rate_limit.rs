@@ -32,7 +32,8 @@ pub struct Rate {
     pub burst: u32,
 }
 
-/// Keys idle for longer than this are forgotten when the map is swept.
+/// Past this many keys the map is swept of idle ones (a key is idle once
+/// its theoretical arrival time has passed: it would start afresh anyway).
 const SWEEP_ABOVE: usize = 50_000;
 
 /// A GCRA limiter over hashed keys.
@@ -47,7 +48,17 @@ pub struct Limiter {
     interval: Duration,
     tolerance: Duration,
     hasher: RandomState,
-    arrivals: Mutex<HashMap<u64, Instant>>,
+    arrivals: Mutex<Arrivals>,
+}
+
+/// The limiter's state, under its lock.
+#[derive(Debug)]
+struct Arrivals {
+    tat: HashMap<u64, Instant>,
+    /// The size at which the next sweep runs: twice what the last one left
+    /// (at least `SWEEP_ABOVE`), so that a flood of live keys costs one
+    /// sweep per doubling rather than a full scan on every request.
+    sweep_at: usize,
 }
 
 impl Limiter {
@@ -62,7 +73,10 @@ impl Limiter {
             interval,
             tolerance: interval * rate.burst.max(1),
             hasher: RandomState::new(),
-            arrivals: Mutex::new(HashMap::new()),
+            arrivals: Mutex::new(Arrivals {
+                tat: HashMap::new(),
+                sweep_at: SWEEP_ABOVE,
+            }),
         })
     }
 
@@ -80,16 +94,24 @@ impl Limiter {
             // half written: keep using the map.
             Err(poisoned) => poisoned.into_inner(),
         };
-        if arrivals.len() > SWEEP_ABOVE {
-            arrivals.retain(|_, tat| *tat > now);
+        if arrivals.tat.len() > arrivals.sweep_at {
+            arrivals.tat.retain(|_, tat| *tat > now);
+            arrivals.sweep_at = (arrivals.tat.len() * 2).max(SWEEP_ABOVE);
         }
-        let tat = arrivals.get(&key).copied().unwrap_or(now).max(now);
+        let tat = arrivals.tat.get(&key).copied().unwrap_or(now).max(now);
         let next = tat + self.interval;
         if next.duration_since(now) > self.tolerance {
             return Err(next.duration_since(now) - self.tolerance);
         }
-        arrivals.insert(key, next);
+        arrivals.tat.insert(key, next);
         Ok(())
+    }
+
+    /// Keys held and the size of the next sweep (for tests).
+    #[cfg(test)]
+    fn held(&self) -> (usize, usize) {
+        let a = self.arrivals.lock().unwrap_or_else(|p| p.into_inner());
+        (a.tat.len(), a.sweep_at)
     }
 }
 
@@ -187,6 +209,37 @@ mod tests {
     }
 
     #[test]
+    fn many_live_keys_are_swept_once_per_doubling_and_idle_ones_forgotten() {
+        let limiter = Limiter::new(Rate {
+            per_sec: 1.0,
+            burst: 1,
+        })
+        .unwrap();
+        let t0 = Instant::now();
+        // A flood of distinct clients, all live (each just sent a request).
+        for k in 0..(SWEEP_ABOVE as u64 + 10) {
+            assert!(limiter.check(k, t0).is_ok());
+        }
+        let (held, sweep_at) = limiter.held();
+        assert_eq!(held, SWEEP_ABOVE + 10, "live keys are kept");
+        assert!(
+            sweep_at >= 2 * held - 20,
+            "the next sweep waits for the map to double ({sweep_at})"
+        );
+        // Much later every key is idle: the next sweep forgets them all.
+        // Much later every one of them is idle: enough new clients to pass
+        // the sweep size, and the sweep forgets the idle ones.
+        let later = t0 + Duration::from_secs(10);
+        let late = (sweep_at - held + 2) as u64;
+        for k in 0..late {
+            assert!(limiter.check(("late", k), later).is_ok());
+        }
+        let (held, sweep_at) = limiter.held();
+        assert_eq!(held as u64, late, "only the late clients are left");
+        assert_eq!(sweep_at, (2 * (held - 1)).max(SWEEP_ABOVE));
+    }
+
+    #[test]
     fn only_a_trusted_proxy_names_the_client() {
         let proxy: IpAddr = "127.0.0.1".parse().unwrap();
         let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
@@ -271,7 +324,7 @@ mod tests {
             // Each key idle by the time the next ones arrive.
             let _ = limiter.check(i, t0 + Duration::from_millis(i as u64));
         }
-        let len = limiter.arrivals.lock().unwrap().len();
+        let len = limiter.held().0;
         assert!(len <= SWEEP_ABOVE + 1, "{len} keys kept");
     }
 }
