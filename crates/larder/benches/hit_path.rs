@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use futures_util::FutureExt;
 use larder::{Cache, Policy};
 use serde::{Deserialize, Serialize};
 
@@ -98,7 +99,18 @@ fn l1_hit(c: &mut Criterion) {
     // moka's sync flavour, which larder's L1 is built on.
     let moka_sync: moka::sync::Cache<String, Arc<Portfolio>> =
         moka::sync::Cache::builder().max_capacity(1 << 20).build();
+    // moka's sync flavour configured as larder's L1 is (weigher, predicate
+    // invalidation for tags and patterns, eviction listener, foldhash): what
+    // the L1 costs before any of larder's own work.
+    let moka_as_l1: moka::sync::Cache<String, Arc<Portfolio>, foldhash::fast::RandomState> =
+        moka::sync::Cache::builder()
+            .max_capacity(1 << 30)
+            .weigher(|_, _: &Arc<Portfolio>| 900)
+            .support_invalidation_closures()
+            .eviction_listener(|_, _, _| {})
+            .build_with_hasher(foldhash::fast::RandomState::default());
     let key = "larder:{portfolio:42}".to_string();
+    moka_as_l1.insert(key.clone(), Arc::new(portfolio(42)));
     rt.block_on(moka.insert(key.clone(), Arc::new(portfolio(42))));
     moka_sync.insert(key.clone(), Arc::new(portfolio(42)));
     // The same, with per-entry expiry as larder's L1 has (a cache needs TTLs).
@@ -118,6 +130,19 @@ fn l1_hit(c: &mut Criterion) {
             black_box(v)
         })
     });
+    // The same hit without the async harness: an L1 hit is a future that is
+    // ready at once, so polling it once is what a caller pays. Compare this
+    // one with `bare_moka_sync_get` (same harness).
+    g.bench_function("larder_get_or_load_polled_once", |b| {
+        b.iter(|| {
+            let v = family
+                .get_or_load(black_box(&42), || async { Ok::<_, std::io::Error>(None) })
+                .now_or_never()
+                .expect("an L1 hit is ready at once")
+                .expect("hit");
+            black_box(v)
+        })
+    });
     g.bench_function("larder_key_only", |b| {
         b.iter(|| black_box(family.key(black_box(&42))))
     });
@@ -127,6 +152,9 @@ fn l1_hit(c: &mut Criterion) {
     });
     g.bench_function("bare_moka_sync_get", |b| {
         b.iter(|| black_box(moka_sync.get(black_box(key.as_str()))))
+    });
+    g.bench_function("bare_moka_sync_get_configured_as_larder_l1", |b| {
+        b.iter(|| black_box(moka_as_l1.get(black_box(key.as_str()))))
     });
     g.bench_function("bare_moka_get_with_ttl", |b| {
         b.to_async(&rt)
