@@ -486,3 +486,151 @@ async fn rows(pool: &PgPool) -> HashMap<u64, String> {
         .map(|(k, v)| (k as u64, v))
         .collect()
 }
+
+/// AUTH and ACL users apply to every node of a cluster: the seeds' password
+/// reaches the nodes redis-rs discovers and the per-node pipelines; a wrong
+/// one is a Redis failure the cache serves through, without the secret in
+/// any error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_or_an_acl_user_reaches_every_master() {
+    let cluster = RedisCluster::start_with_password(
+        3,
+        0,
+        "topsecret",
+        &["--user", "alice", "on", ">wonderland", "~*", "&*", "+@all"],
+    );
+    let with_userinfo = |userinfo: &str| -> Vec<String> {
+        cluster
+            .seed_urls()
+            .iter()
+            .map(|u| u.replace(":topsecret@", &format!("{userinfo}@")))
+            .collect()
+    };
+    let build = |seeds: Vec<String>, ns: String| async move {
+        Cache::builder()
+            .namespace(ns)
+            .redis_cluster(seeds)
+            .redis_timeout(Duration::from_secs(1))
+            .l1_max_bytes(0)
+            .family(item_policy())
+            .build()
+            .await
+            .expect("builds")
+    };
+    // 30 keys: spread over the three masters' slots.
+    let ids: Vec<u64> = (0..30).collect();
+    for userinfo in [":topsecret", "alice:wonderland"] {
+        let ns = testkit::namespace();
+        let writer = build(with_userinfo(userinfo), ns.clone()).await;
+        let items = writer.family::<u64, String>("item").unwrap();
+        for &id in &ids {
+            items.set(&id, format!("v{id}")).await.unwrap();
+        }
+        let reader = build(with_userinfo(userinfo), ns).await;
+        let items = reader.family::<u64, String>("item").unwrap();
+        let got = bounded(
+            "a batch read",
+            items.get_many(&ids, |_missing: Vec<u64>| async {
+                Ok::<_, std::io::Error>(HashMap::new())
+            }),
+        )
+        .await
+        .unwrap();
+        for (id, v) in ids.iter().zip(&got) {
+            assert_eq!(
+                v.as_deref().map(String::as_str),
+                Some(format!("v{id}").as_str())
+            );
+        }
+        let stats = items.stats();
+        assert_eq!(
+            (stats.hits_l2, stats.redis_errors),
+            (30, 0),
+            "{userinfo}: every key read from its master"
+        );
+    }
+    // A wrong password: the cache builds (as on one server: Redis being
+    // unusable is not a reason not to serve), serves from the loader,
+    // counts it, and never leaks the secret.
+    let bad = with_userinfo("alice:not-the-password");
+    let builder = Cache::builder().redis_cluster(bad.clone());
+    assert!(!format!("{builder:?}").contains("not-the-password"));
+    let cache = build(bad, testkit::namespace()).await;
+    let items = cache.family::<u64, String>("item").unwrap();
+    let got = bounded(
+        "a read with a wrong password",
+        items.get_or_load(&1, || async {
+            Ok::<_, std::io::Error>(Some("db".to_string()))
+        }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(got.as_deref().map(String::as_str), Some("db"));
+    assert!(items.stats().redis_errors > 0);
+    match items.invalidate(&1).await {
+        Ok(()) => assert_eq!(cache.deferred_invalidations(), 1),
+        Err(e) => panic!("an invalidation Redis refuses is deferred, not an error: {e}"),
+    }
+}
+
+/// A cluster that is down when the cache is built is not a start-up error
+/// (on one server it is not either): reads go to the loader, invalidations
+/// are deferred, and once the nodes are back the cache connects by itself,
+/// replays what it deferred and reads from Redis again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_down_at_start_is_used_once_it_comes_up() {
+    let mut cluster = RedisCluster::start(3, 0);
+    for i in 0..3 {
+        cluster.node_mut(i).kill();
+    }
+    let ns = testkit::namespace();
+    let started = Instant::now();
+    let cache = cache_on(&cluster, &ns, false, &[item_policy()]).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "building waited {:?} for a dead cluster",
+        started.elapsed()
+    );
+    let items = cache.family::<u64, String>("item").unwrap();
+    let rows = Arc::new(Rows::default());
+    rows.set(1, "row 1");
+    assert_eq!(read(&items, &rows, 1).await.as_deref(), Some("row 1"));
+    assert!(items.stats().redis_errors > 0);
+    items.invalidate(&1).await.expect("deferred, not an error");
+    assert_eq!(cache.deferred_invalidations(), 1);
+    // Enough failures to open the breaker in front of the unreached cluster.
+    for id in 2..8 {
+        rows.set(id, "row");
+        read(&items, &rows, id).await;
+    }
+    assert_eq!(cache.redis_breaker(), Some(BreakerState::Open));
+
+    // The nodes come back with their nodes.conf: the same cluster.
+    for i in 0..3 {
+        cluster.node_mut(i).restart();
+    }
+    cluster.wait_until_ok(Duration::from_secs(20));
+    until(
+        "the cache connected, replayed and read from Redis",
+        Duration::from_secs(15),
+        || cache.deferred_invalidations() == 0,
+    )
+    .await;
+    let writer = cache_on(&cluster, &ns, false, &[item_policy()]).await;
+    writer
+        .family::<u64, String>("item")
+        .unwrap()
+        .set(&2, "from redis".to_string())
+        .await
+        .unwrap();
+    let hits = items.stats().hits_l2;
+    let got = items
+        .get_or_load(&2, || async {
+            Ok::<_, std::io::Error>(Some("from the loader".to_string()))
+        })
+        .await
+        .unwrap();
+    assert_eq!(got.as_deref().map(String::as_str), Some("from redis"));
+    assert_eq!(items.stats().hits_l2, hits + 1);
+    assert_eq!(cache.redis_breaker(), Some(BreakerState::Closed));
+}

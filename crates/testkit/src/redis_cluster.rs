@@ -13,12 +13,36 @@ pub struct RedisCluster {
     nodes: Vec<RedisServer>,
     dir: std::path::PathBuf,
     masters: usize,
+    /// `requirepass` of every node (and `masterauth`), if any.
+    password: Option<String>,
 }
 
 impl RedisCluster {
     /// Starts the nodes, creates the cluster (`redis-cli --cluster
     /// create`) and waits until every node reports `cluster_state:ok`.
     pub fn start(masters: usize, replicas: usize) -> RedisCluster {
+        RedisCluster::start_with(masters, replicas, None, &[])
+    }
+
+    /// The same, every node requiring `password` (`requirepass`, and
+    /// `masterauth` for its replicas), with `extra` arguments for each node
+    /// (e.g. `--user alice on >pw ~* &* +@all`). [`seed_urls`](Self::seed_urls)
+    /// carry the password.
+    pub fn start_with_password(
+        masters: usize,
+        replicas: usize,
+        password: &str,
+        extra: &[&str],
+    ) -> RedisCluster {
+        RedisCluster::start_with(masters, replicas, Some(password), extra)
+    }
+
+    fn start_with(
+        masters: usize,
+        replicas: usize,
+        password: Option<&str>,
+        extra: &[&str],
+    ) -> RedisCluster {
         assert!(masters >= 3, "a Redis Cluster needs at least 3 masters");
         let dir =
             std::env::temp_dir().join(format!("larder-cluster-{:016x}", rand::random::<u64>()));
@@ -30,31 +54,41 @@ impl RedisCluster {
             let port = cluster_port();
             let conf = dir.join(format!("nodes-{i}.conf")).display().to_string();
             let node_dir = dir.display().to_string();
-            nodes.push(RedisServer::start_on(
-                port,
-                &[
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    &conf,
-                    "--cluster-node-timeout",
-                    "1000",
-                    "--cluster-require-full-coverage",
-                    "no",
-                    // A replica that never finished its first sync does not
-                    // take over; Redis 7 delays that sync by 5 s otherwise.
-                    "--repl-diskless-sync-delay",
-                    "0",
-                    "--dir",
-                    &node_dir,
-                ],
-            ));
+            let mut args: Vec<&str> = Vec::new();
+            if let Some(pw) = password {
+                args.extend(["--requirepass", pw, "--masterauth", pw]);
+            }
+            args.extend(extra);
+            args.extend([
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                &conf,
+                "--cluster-node-timeout",
+                "1000",
+                "--cluster-require-full-coverage",
+                "no",
+                // A replica that never finished its first sync does not
+                // take over; Redis 7 delays that sync by 5 s otherwise.
+                "--repl-diskless-sync-delay",
+                "0",
+                "--dir",
+                &node_dir,
+            ]);
+            nodes.push(RedisServer::start_on(port, &args));
         }
         let addrs: Vec<String> = nodes
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port()))
             .collect();
-        let status = Command::new("redis-cli")
+        let cluster = RedisCluster {
+            nodes,
+            dir,
+            masters,
+            password: password.map(str::to_string),
+        };
+        let status = cluster
+            .redis_cli()
             .arg("--cluster")
             .arg("create")
             .args(&addrs)
@@ -64,11 +98,6 @@ impl RedisCluster {
             .status()
             .unwrap_or_else(|e| panic!("cannot run redis-cli ({e}): apt-get install redis-tools"));
         assert!(status.success(), "redis-cli --cluster create failed");
-        let cluster = RedisCluster {
-            nodes,
-            dir,
-            masters,
-        };
         cluster.wait_until_ok(Duration::from_secs(20));
         cluster.wait_until_replicas_synced(Duration::from_secs(20));
         cluster
@@ -80,7 +109,7 @@ impl RedisCluster {
         let deadline = Instant::now() + timeout;
         loop {
             let synced = self.nodes.iter().filter(|n| n.is_up()).all(|n| {
-                let info = cli(n.port(), &["INFO", "replication"]);
+                let info = self.cli(n.port(), &["INFO", "replication"]);
                 !info.contains("role:slave") || info.contains("master_link_status:up")
             });
             if synced {
@@ -97,7 +126,35 @@ impl RedisCluster {
 
     /// Seed URLs for a cluster client (every node).
     pub fn seed_urls(&self) -> Vec<String> {
-        self.nodes.iter().map(|n| n.url()).collect()
+        self.nodes
+            .iter()
+            .map(|n| match &self.password {
+                Some(pw) => format!("redis://:{pw}@127.0.0.1:{}", n.port()),
+                None => n.url(),
+            })
+            .collect()
+    }
+
+    /// `redis-cli`, authenticated when the cluster has a password.
+    fn redis_cli(&self) -> Command {
+        let mut cmd = Command::new("redis-cli");
+        if let Some(pw) = &self.password {
+            // redis-cli reads it from the environment: not on a command line
+            // that `ps` shows.
+            cmd.env("REDISCLI_AUTH", pw);
+        }
+        cmd
+    }
+
+    /// `redis-cli -p port args...`'s output ("" if it fails).
+    fn cli(&self, port: u16, args: &[&str]) -> String {
+        self.redis_cli()
+            .args(["-p", &port.to_string()])
+            .args(args)
+            .stderr(Stdio::null())
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
     }
 
     /// How many masters it was created with.
@@ -118,11 +175,12 @@ impl RedisCluster {
     /// The index of the node that is master of `key`'s slot now, asked of
     /// the live node `ask`.
     pub fn master_of(&self, key: &str, ask: usize) -> usize {
-        let slot: u16 = cli(self.nodes[ask].port(), &["CLUSTER", "KEYSLOT", key])
+        let slot: u16 = self
+            .cli(self.nodes[ask].port(), &["CLUSTER", "KEYSLOT", key])
             .trim()
             .parse()
             .expect("CLUSTER KEYSLOT answers a number");
-        let nodes = cli(self.nodes[ask].port(), &["CLUSTER", "NODES"]);
+        let nodes = self.cli(self.nodes[ask].port(), &["CLUSTER", "NODES"]);
         for line in nodes.lines() {
             let cols: Vec<&str> = line.split_whitespace().collect();
             if cols.len() < 9 || !cols[2].contains("master") || cols[2].contains("fail") {
@@ -155,7 +213,7 @@ impl RedisCluster {
 
     /// The cluster node id of node `i` (for `redis-cli --cluster reshard`).
     pub fn node_id(&self, i: usize) -> String {
-        cli(self.nodes[i].port(), &["CLUSTER", "MYID"])
+        self.cli(self.nodes[i].port(), &["CLUSTER", "MYID"])
             .trim()
             .to_string()
     }
@@ -167,7 +225,7 @@ impl RedisCluster {
     /// reshard before).
     pub fn reshard_command(&self, from: usize, to: usize, slots: usize) -> Command {
         self.wait_until_agreed(Duration::from_secs(20));
-        let mut cmd = Command::new("redis-cli");
+        let mut cmd = self.redis_cli();
         cmd.args(["--cluster", "reshard"])
             .arg(format!("127.0.0.1:{}", self.nodes[from].port()))
             .args(["--cluster-from", &self.node_id(from)])
@@ -184,7 +242,8 @@ impl RedisCluster {
         let deadline = Instant::now() + timeout;
         let first = self.nodes.iter().find(|n| n.is_up()).expect("a live node");
         loop {
-            let ok = Command::new("redis-cli")
+            let ok = self
+                .redis_cli()
                 .args(["--cluster", "check"])
                 .arg(format!("127.0.0.1:{}", first.port()))
                 .stdout(Stdio::null())
@@ -208,11 +267,10 @@ impl RedisCluster {
     pub fn wait_until_ok(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
-            let ok = self
-                .nodes
-                .iter()
-                .filter(|n| n.is_up())
-                .all(|n| cli(n.port(), &["CLUSTER", "INFO"]).contains("cluster_state:ok"));
+            let ok = self.nodes.iter().filter(|n| n.is_up()).all(|n| {
+                self.cli(n.port(), &["CLUSTER", "INFO"])
+                    .contains("cluster_state:ok")
+            });
             if ok {
                 return;
             }
@@ -229,7 +287,10 @@ impl RedisCluster {
     /// master died).
     pub fn wait_until_master(&self, i: usize, timeout: Duration) {
         let deadline = Instant::now() + timeout;
-        while !cli(self.nodes[i].port(), &["ROLE"]).starts_with("master") {
+        while !self
+            .cli(self.nodes[i].port(), &["ROLE"])
+            .starts_with("master")
+        {
             assert!(
                 Instant::now() < deadline,
                 "node {i} was not promoted within {timeout:?}"
@@ -245,7 +306,8 @@ impl RedisCluster {
         self.nodes.iter().enumerate().position(|(i, n)| {
             i != master
                 && n.is_up()
-                && cli(n.port(), &["CLUSTER", "NODES"])
+                && self
+                    .cli(n.port(), &["CLUSTER", "NODES"])
                     .lines()
                     .any(|l| l.contains("myself") && l.contains("slave") && l.contains(&id))
         })
@@ -257,17 +319,6 @@ impl Drop for RedisCluster {
         self.nodes.clear();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// `redis-cli -p port args...`'s output ("" if it fails).
-fn cli(port: u16, args: &[&str]) -> String {
-    Command::new("redis-cli")
-        .args(["-p", &port.to_string()])
-        .args(args)
-        .stderr(Stdio::null())
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default()
 }
 
 /// A free port whose cluster bus port (+10000) is free too.

@@ -142,6 +142,26 @@ impl NodeBreakers {
             .unwrap_or(BreakerState::Closed)
     }
 
+    /// Forgets the breakers of nodes that no longer serve slots (a failed
+    /// master replaced by its replica; the placeholder of a cluster not
+    /// reached yet). Left in place, an open one would keep the worst state
+    /// open for good, so nothing would ever count as recovered. Dropping
+    /// one that was not closed is a recovery: the replay of deferred
+    /// invalidations is woken.
+    pub fn keep_only(&self, masters: &[Arc<str>]) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let mut unhealthy_gone = false;
+        map.retain(|node, b| {
+            let keep = masters.contains(node);
+            unhealthy_gone |= !keep && b.state() != BreakerState::Closed;
+            keep
+        });
+        drop(map);
+        if unhealthy_gone {
+            self.recovered.notify_waiters();
+        }
+    }
+
     /// Masters whose breaker is not closed.
     pub fn unhealthy(&self) -> Vec<Arc<str>> {
         let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
@@ -155,7 +175,10 @@ impl NodeBreakers {
 /// The cluster backend: redis-rs's connection, larder's slot map and
 /// breakers, and the task that keeps the map current.
 pub(crate) struct ClusterBackend {
-    pub conn: ClusterConnection,
+    /// redis-rs's connection, once a seed answered (`None` until then: the
+    /// cache serves from L1 and its loaders meanwhile, as on one server). A
+    /// std lock: only cloned out, never held across an `.await`.
+    conn: RwLock<Option<ClusterConnection>>,
     pub client: ClusterClient,
     /// Credentials, TLS and database for connections to single nodes.
     template: ConnectionInfo,
@@ -223,28 +246,8 @@ impl ClusterBackend {
         let client = builder
             .build()
             .map_err(|e| crate::Error::RedisUrl(e.to_string()))?;
-        // The first connection reads the topology: bounded, because it can
-        // hang on an unreachable seed (an open redis-rs issue).
-        let conn =
-            match tokio::time::timeout(settings.connect_timeout * 2, client.get_async_connection())
-                .await
-            {
-                Ok(Ok(conn)) => conn,
-                Ok(Err(e)) => {
-                    return Err(crate::Error::Redis {
-                        op: "CONNECT (cluster)",
-                        reason: e.to_string(),
-                    });
-                }
-                Err(_) => {
-                    return Err(crate::Error::Redis {
-                        op: "CONNECT (cluster)",
-                        reason: "no seed node answered in time".into(),
-                    });
-                }
-            };
         let backend = Arc::new(ClusterBackend {
-            conn,
+            conn: RwLock::new(None),
             client,
             template,
             root_cert: settings.tls_root_cert.clone(),
@@ -255,6 +258,12 @@ impl ClusterBackend {
             refresher: Mutex::new(None),
             last_refresh: Mutex::new(Instant::now() - REFRESH_EVERY),
         });
+        // A cluster that is down at start is not an error (it is not on one
+        // server either): the refresher keeps trying, and until a seed
+        // answers every command fails fast as a Redis failure.
+        if let Err(e) = backend.ensure_connected(settings.connect_timeout * 2).await {
+            tracing::warn!(error = %e, "no redis cluster seed answered; serving from L1 and loaders until one does");
+        }
         backend.refresh(settings.op_timeout * 5).await;
         let task = tokio::spawn(refresh_loop(
             Arc::downgrade(&backend),
@@ -267,6 +276,46 @@ impl ClusterBackend {
     /// The slot map as last read.
     pub fn slot_map(&self) -> SlotMap {
         self.map.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The cluster connection, if a seed has answered yet.
+    pub fn conn(&self) -> redis::RedisResult<ClusterConnection> {
+        self.conn
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| {
+                redis::RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::NotConnected,
+                    "no redis cluster seed has answered yet",
+                ))
+            })
+    }
+
+    /// Connects (reading the topology from a seed) unless connected.
+    /// Bounded: the first connection can hang on an unreachable seed (an
+    /// open redis-rs issue).
+    async fn ensure_connected(&self, timeout: Duration) -> Result<(), String> {
+        if self
+            .conn
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+        {
+            return Ok(());
+        }
+        match tokio::time::timeout(timeout, self.client.get_async_connection()).await {
+            Ok(Ok(conn)) => {
+                let mut slot = self.conn.write().unwrap_or_else(|p| p.into_inner());
+                if slot.is_none() {
+                    *slot = Some(conn);
+                    tracing::info!("connected to the redis cluster");
+                }
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no seed node answered in time".into()),
+        }
     }
 
     /// The breaker of the master serving `key` (any master for `None`).
@@ -288,7 +337,11 @@ impl ClusterBackend {
     /// Reads `CLUSTER SLOTS` and replaces the map if it changed.
     async fn refresh(&self, timeout: Duration) {
         *self.last_refresh.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
-        let mut conn = self.conn.clone();
+        if let Err(e) = self.ensure_connected(timeout).await {
+            tracing::debug!(error = %e, "redis cluster still unreachable");
+            return;
+        }
+        let Ok(mut conn) = self.conn() else { return };
         let mut cmd = redis::cmd("CLUSTER");
         cmd.arg("SLOTS");
         let reply = tokio::time::timeout(
@@ -326,6 +379,9 @@ impl ClusterBackend {
             map.ranges = ranges;
             map.epoch += 1;
         }
+        let masters = map.masters();
+        drop(map);
+        self.breakers.keep_only(&masters);
     }
 
     /// A client for one node, with the cluster's credentials and TLS.
@@ -445,7 +501,7 @@ async fn run_on_node(
         )));
     }
     let attempt = async {
-        let mut conn = backend.conn.clone();
+        let mut conn = backend.conn()?;
         let pipe = pipeline_of(idx.iter().map(|&i| &cmds[i]), true);
         let routed = match split_addr(node) {
             Some((host, port)) => {

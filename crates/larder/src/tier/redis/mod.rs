@@ -257,7 +257,7 @@ impl RedisTier {
                     let breaker = c.breakers.get(&node);
                     let _ = self
                         .bounded("PING (probe)", &breaker, async {
-                            let mut conn = c.conn.clone();
+                            let mut conn = c.conn()?;
                             let (host, port) = cluster::split_addr(&node).ok_or_else(|| {
                                 redis::RedisError::from((redis::ErrorKind::Client, "bad node"))
                             })?;
@@ -295,7 +295,7 @@ impl RedisTier {
                         "no Redis master known yet (no sentinel answered)",
                     ))
                 }),
-            Backend::Cluster(c) => Ok(Conn::Cluster(c.conn.clone())),
+            Backend::Cluster(c) => c.conn().map(Conn::Cluster),
         }
     }
 
@@ -614,7 +614,7 @@ impl RedisTier {
                     .ok_or_else(|| Error::RedisUrl(format!("bad node address {node}")))?;
                 let reply = self
                     .bounded("SCAN", &breaker, async {
-                        let mut conn = c.conn.clone();
+                        let mut conn = c.conn()?;
                         conn.route_command(
                             cmd,
                             redis::cluster_routing::RoutingInfo::SingleNode(
