@@ -148,13 +148,7 @@ impl RedisCluster {
 
     /// `redis-cli -p port args...`'s output ("" if it fails).
     fn cli(&self, port: u16, args: &[&str]) -> String {
-        self.redis_cli()
-            .args(["-p", &port.to_string()])
-            .args(args)
-            .stderr(Stdio::null())
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default()
+        crate::redis_server::cli_output(port, self.password.as_deref(), args)
     }
 
     /// How many masters it was created with.

@@ -186,13 +186,7 @@ impl Drop for RedisSentinel {
 }
 
 fn cli(port: u16, args: &[&str]) -> String {
-    Command::new("redis-cli")
-        .args(["-p", &port.to_string()])
-        .args(args)
-        .stderr(Stdio::null())
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default()
+    crate::redis_server::cli_output(port, None, args)
 }
 
 fn free_port() -> u16 {

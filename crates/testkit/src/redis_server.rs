@@ -253,3 +253,19 @@ fn spawn(port: u16, extra: &[String]) -> Child {
     }
     child
 }
+
+/// `redis-cli -p port args...`'s output ("" if it fails), authenticated
+/// with `password` when given (through the environment: not on a command
+/// line that `ps` shows).
+pub(crate) fn cli_output(port: u16, password: Option<&str>, args: &[&str]) -> String {
+    let mut cmd = Command::new("redis-cli");
+    if let Some(pw) = password {
+        cmd.env("REDISCLI_AUTH", pw);
+    }
+    cmd.args(["-p", &port.to_string()])
+        .args(args)
+        .stderr(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}

@@ -624,16 +624,21 @@ async fn refresh_loop(backend: Weak<ClusterBackend>, timeout: Duration) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn slot_map_finds_the_range() {
-        let map = SlotMap {
+    /// Three masters, the slots split as `redis-cli --cluster create` does.
+    fn three_masters() -> SlotMap {
+        SlotMap {
             ranges: vec![
                 (0, 5460, Arc::from("a:1")),
                 (5461, 10922, Arc::from("b:2")),
                 (10923, 16383, Arc::from("c:3")),
             ],
             epoch: 1,
-        };
+        }
+    }
+
+    #[test]
+    fn slot_map_finds_the_range() {
+        let map = three_masters();
         assert_eq!(map.node_of(0).map(|n| n.as_ref()), Some("a:1"));
         assert_eq!(map.node_of(5461).map(|n| n.as_ref()), Some("b:2"));
         assert_eq!(map.node_of(16383).map(|n| n.as_ref()), Some("c:3"));
@@ -647,14 +652,7 @@ mod tests {
 
     #[test]
     fn a_batch_over_many_slots_is_one_pipeline_per_master() {
-        let map = SlotMap {
-            ranges: vec![
-                (0, 5460, Arc::from("a:1")),
-                (5461, 10922, Arc::from("b:2")),
-                (10923, 16383, Arc::from("c:3")),
-            ],
-            epoch: 1,
-        };
+        let map = three_masters();
         let mut batch = Batch::new();
         for id in 0..50 {
             batch.cmd("GET").arg(format!("app:{{portfolio:{id}}}"));
