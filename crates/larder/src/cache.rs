@@ -417,6 +417,50 @@ impl Cache {
         Some(subscription)
     }
 
+    /// Tells the change-stream listener (feature `postgres-cdc`) that this
+    /// process has already made every invalidation its database transaction
+    /// `xid` calls for, so that the transaction's echo from the stream costs
+    /// nothing (no second invalidation, no extra database load). `xid` is
+    /// what `SELECT txid_current()` returned inside that transaction.
+    ///
+    /// Call it after the transaction committed and after your own
+    /// `invalidate`/`write_through` calls returned. Returns `Ok(false)`, and
+    /// marks nothing, when that cannot be vouched for: without Redis, or
+    /// while any of this process's invalidations waits for Redis (it was
+    /// deferred) — the listener then applies the transaction itself, which is
+    /// always correct, only not free.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), larder::Error> {
+    /// # let cache = larder::Cache::builder().build().await?;
+    /// // BEGIN; UPDATE ...; SELECT txid_current(); COMMIT; then invalidate:
+    /// let xid = 1234u64;
+    /// cache.skip_echo(xid).await?; // false here: no Redis, nothing to tell
+    /// # Ok(()) }
+    /// ```
+    pub async fn skip_echo(&self, xid: u64) -> Result<bool, Error> {
+        let shared = &self.shared;
+        let Some(l2) = &shared.l2 else {
+            return Ok(false);
+        };
+        if !shared.enabled || shared.deferred.len() > 0 {
+            return Ok(false);
+        }
+        // Transaction ids in the stream are the low 32 bits of txid_current().
+        let key = echo_key(&shared.namespace, xid as u32);
+        l2.run::<()>(
+            "SET (echo)",
+            redis::cmd("SET")
+                .arg(&key)
+                .arg(1)
+                .arg("PX")
+                .arg(ECHO_TTL.as_millis() as u64),
+        )
+        .await?;
+        Ok(true)
+    }
+
     /// The invalidation bus as this process sees it.
     pub fn bus_stats(&self) -> BusStats {
         match &self.shared.listener {
@@ -433,6 +477,16 @@ impl Cache {
         }
     }
 }
+
+/// The key that says transaction `xid` was invalidated by its own writer
+/// (see [`Cache::skip_echo`]).
+pub(crate) fn echo_key(namespace: &str, xid: u32) -> String {
+    format!("{namespace}:cdc:echo:{xid}")
+}
+
+/// How long an echo mark lives: far longer than the stream takes to bring
+/// a transaction back, far shorter than 2^32 transaction ids take to wrap.
+pub(crate) const ECHO_TTL: Duration = Duration::from_secs(600);
 
 /// How long a tag's version key lives after its last increment.
 pub(crate) const TAG_TTL: Duration = Duration::from_secs(7 * 24 * 3600);

@@ -138,6 +138,13 @@ pub enum Error {
     #[error("loader panicked")]
     LoaderPanicked,
 
+    /// The change-stream listener cannot run: the server does not allow
+    /// logical replication, a mapped table or column is missing or not in
+    /// the replica identity, the role lacks a right. The message says what
+    /// to change.
+    #[error("change stream: {0}")]
+    ChangeStream(String),
+
     /// A Redis command failed or timed out on a path where the caller must know
     /// (`set`, `invalidate`). Reads never return this: they fall back to the
     /// loader.

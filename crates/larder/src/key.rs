@@ -196,6 +196,29 @@ impl KeyLayout {
         (out, n)
     }
 
+    /// The layout of tag keys for `template`: `<namespace>:tag:{<filled>}`.
+    pub(crate) fn tag(namespace: &str, template: &KeyTemplate) -> KeyLayout {
+        KeyLayout::new(template, &tag_prefix(namespace), "}")
+    }
+
+    /// The key for parts given as text (a database row's columns), escaped
+    /// exactly as typed parts are: the text `42` gives the key `42` does.
+    /// Missing parts leave the key short; callers pass `arity` of them.
+    pub(crate) fn fill_texts(&self, parts: &[String]) -> String {
+        let mut out = String::with_capacity(self.literal_len + 8 * self.arity);
+        let mut w = PartWriter {
+            out: &mut out,
+            layout: self,
+            written: 0,
+            pattern: false,
+        };
+        for p in parts {
+            w.text(p);
+        }
+        w.finish();
+        out
+    }
+
     /// A new string holding the key for `parts`, and the parts written.
     pub(crate) fn fill<P: KeyParts + ?Sized>(&self, parts: &P) -> (String, usize) {
         let mut out = String::with_capacity(self.literal_len + 8 * self.arity);
@@ -406,6 +429,21 @@ impl KeyTemplate {
         &self.source
     }
 
+    /// The template with every placeholder's name left out
+    /// (`user:{id}:profile` gives `user:{}:profile`): two templates with one
+    /// skeleton build the same keys from the same parts.
+    pub(crate) fn skeleton(&self) -> String {
+        let segments: Vec<&str> = self
+            .segments
+            .iter()
+            .map(|s| match s {
+                Segment::Literal(l) => l.as_str(),
+                Segment::Placeholder(_) => "{}",
+            })
+            .collect();
+        segments.join(":")
+    }
+
     /// Number of placeholders.
     pub fn arity(&self) -> usize {
         self.segments
@@ -504,6 +542,11 @@ impl TagTemplate {
         Ok(TagTemplate { template, pieces })
     }
 
+    /// The tag's own template.
+    pub(crate) fn template(&self) -> &KeyTemplate {
+        &self.template
+    }
+
     /// The tag key for the family entry `value_key` (`<ns>:{a:42}` gives
     /// `<ns>:tag:{user:42}`). The parts are taken already escaped from the
     /// value key, so they are escaped exactly as in a key built directly.
@@ -536,7 +579,7 @@ pub(crate) fn tag_key<P: KeyParts + ?Sized>(
     template: &KeyTemplate,
     parts: &P,
 ) -> (String, usize) {
-    KeyLayout::new(template, &tag_prefix(namespace), "}").fill(parts)
+    KeyLayout::tag(namespace, template).fill(parts)
 }
 
 /// Checks a namespace prefix: non-empty, `[A-Za-z0-9_.-]` and `:` only.

@@ -62,6 +62,8 @@ mod breaker;
 mod builder;
 mod bus;
 mod cache;
+#[cfg(feature = "postgres-cdc")]
+pub mod cdc;
 mod codec;
 mod error;
 mod family;

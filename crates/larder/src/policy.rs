@@ -523,6 +523,10 @@ pub struct Policies {
 struct PolicyFile {
     #[serde(default)]
     families: BTreeMap<String, PolicyEntry>,
+    /// What database changes invalidate: read by `cdc::Mapping` (feature
+    /// `postgres-cdc`), allowed here so one file serves both.
+    #[serde(default, rename = "invalidate")]
+    _invalidate: Option<toml::Table>,
 }
 
 #[derive(Deserialize)]

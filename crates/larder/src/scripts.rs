@@ -228,10 +228,38 @@ return 0
     )
 });
 
+/// Deletes a value (and its lease) unless its stored version is at least
+/// the given one: the change stream's invalidation of a versioned row, which
+/// must not throw away the value the row's own writer cached.
+///
+/// KEYS[1] value key, KEYS[2] lease key. ARGV[1] 21 bytes: 13 ignored, then
+/// the row's version, 8 bytes big-endian (the layout `cmp_version` reads).
+/// Returns 1 if deleted, 0 if kept.
+pub(crate) static DEL_IF_OLDER: LazyLock<redis::Script> = LazyLock::new(|| {
+    with_prelude(
+        r#"
+local cur = redis.call('GET', KEYS[1])
+if versioned(cur) and cmp_version(cur, ARGV[1]) >= 0 then
+  return 0
+end
+redis.call('UNLINK', KEYS[1], KEYS[2])
+return 1
+"#,
+    )
+});
+
+/// The argument of [`DEL_IF_OLDER`] for `version`.
+pub(crate) fn version_arg(version: u64) -> Vec<u8> {
+    let mut arg = vec![0u8; 13];
+    arg.extend(version.to_be_bytes());
+    arg
+}
+
 /// Every script, for loading them after a connect or a `NOSCRIPT`.
-pub(crate) fn all() -> [&'static redis::Script; 7] {
+pub(crate) fn all() -> [&'static redis::Script; 8] {
     [
         &SET_IF_NEWER,
+        &DEL_IF_OLDER,
         &ENQUEUE_WRITE,
         &STAGE_WRITE,
         &CLEAR_PENDING,
