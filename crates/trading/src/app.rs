@@ -61,6 +61,9 @@ pub struct AppState {
     pub login_slots: Arc<tokio::sync::Semaphore>,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
+    /// The change-stream listener (`LARDER_CDC`); held so that it runs as
+    /// long as the service.
+    pub cdc: Option<Arc<larder::cdc::ChangeListener>>,
 }
 
 /// The shortest service token accepted: it stands for every user.
@@ -130,6 +133,7 @@ impl AppState {
             trusted_proxies: args.trusted_proxies.clone(),
         };
         let hub = Hub::new(&cache, args.ws_max_connections);
+        let cdc = crate::cdc::start(args, &cache).await?;
         Ok(AppState {
             db,
             cache,
@@ -147,7 +151,19 @@ impl AppState {
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             )),
             metrics,
+            cdc,
         })
+    }
+
+    /// Tells the change stream that the invalidations of database
+    /// transaction `xid` are done, so that its echo costs nothing (only
+    /// with `LARDER_CDC`, and only on PostgreSQL, which gives an `xid`).
+    pub async fn skip_echo(&self, xid: Option<u64>) {
+        if let (Some(_), Some(xid)) = (&self.cdc, xid)
+            && let Err(e) = self.cache.skip_echo(xid).await
+        {
+            tracing::debug!(error = %e, xid, "echo mark not written: the change stream applies the transaction again");
+        }
     }
 
     /// A session by token hash, from the cache or the database (`None`:

@@ -7,9 +7,11 @@
 //! calling, `http/rate_limit.rs` how often they may; the price feed
 //! (`feed.rs`) writes through and publishes to the WebSocket stream
 //! (`stream.rs`, `http/stream.rs`); `live.rs` samples what the dashboard
-//! (`static/dashboard.html`) shows.
+//! (`static/dashboard.html`) shows; `cdc.rs` invalidates from PostgreSQL's
+//! change stream when `LARDER_CDC` is on.
 
 pub mod app;
+pub mod cdc;
 pub mod db;
 pub mod depth;
 pub mod feed;

@@ -13,5 +13,6 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::Serve(args)) => app::serve(args).await,
         Some(Command::Seed(args)) => app::seed_command(args).await,
         Some(Command::Worker(args)) => app::worker_command(args).await,
+        Some(Command::CdcDropSlot(args)) => trading::cdc::drop_slot_command(args).await,
     }
 }

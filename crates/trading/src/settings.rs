@@ -33,6 +33,10 @@ pub enum Command {
     /// watchlist writes from Redis until Ctrl-C/SIGTERM, then drain. Run as
     /// many as you like, on any machine that reaches Redis and the database.
     Worker(ServeArgs),
+    /// Drop the service's replication slot (LARDER_CDC_SLOT, or
+    /// larder_<namespace>), so PostgreSQL stops keeping WAL for it: when
+    /// retiring the service or turning LARDER_CDC off for good.
+    CdcDropSlot(ServeArgs),
 }
 
 /// Where the data lives.
@@ -160,6 +164,61 @@ pub struct ServeArgs {
     /// Most price-stream WebSocket connections one instance holds.
     #[arg(long, env = "LARDER_WS_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub ws_max_connections: usize,
+
+    #[command(flatten)]
+    pub cdc: CdcArgs,
+}
+
+/// Invalidation from PostgreSQL's change stream (the `[invalidate.*]`
+/// tables of the cache policies).
+#[derive(Debug, Clone, Args)]
+pub struct CdcArgs {
+    /// Invalidate from PostgreSQL's change stream as well as from the
+    /// service's own writes, so that changes made outside the service (psql,
+    /// migrations, other programs) reach the cache at once. Needs
+    /// PostgreSQL with `wal_level = logical`. Off by default: it creates a
+    /// replication slot, which keeps WAL on the server until read (drop it
+    /// with `trading cdc-drop-slot` when retiring the service).
+    #[arg(long = "cdc", env = "LARDER_CDC")]
+    pub enabled: bool,
+
+    /// The replication slot, one per service (every instance names the
+    /// same one; one reads it, the others stand by). Default:
+    /// `larder_<namespace>`.
+    #[arg(long = "cdc-slot", env = "LARDER_CDC_SLOT")]
+    pub slot: Option<String>,
+
+    /// The publication listing the mapped tables.
+    #[arg(
+        long = "cdc-publication",
+        env = "LARDER_CDC_PUBLICATION",
+        default_value = "larder"
+    )]
+    pub publication: String,
+
+    /// How long a starting instance waits for the changes committed while
+    /// it was down to be applied before it serves.
+    #[arg(long = "cdc-catch-up", env = "LARDER_CDC_CATCH_UP", default_value = "30s", value_parser = parse_duration)]
+    pub catch_up: Duration,
+}
+
+impl CdcArgs {
+    /// The slot name: the one given, or `larder_` and the namespace in
+    /// the characters a slot name allows.
+    pub fn slot_name(&self, namespace: &str) -> String {
+        self.slot.clone().unwrap_or_else(|| {
+            let tail: String = namespace
+                .chars()
+                .map(|c| match c.to_ascii_lowercase() {
+                    c @ ('a'..='z' | '0'..='9') => c,
+                    _ => '_',
+                })
+                .collect();
+            let mut name = format!("larder_{tail}");
+            name.truncate(63);
+            name
+        })
+    }
 }
 
 /// Settings of the `seed` command.

@@ -12,8 +12,10 @@ use crate::session::Session;
 /// What an order came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OrderOutcome {
-    /// Executed and committed.
-    Executed(Receipt),
+    /// Executed and committed, in the database transaction `xid`
+    /// (PostgreSQL's `txid_current()`; `None` on SQLite): what
+    /// `Cache::skip_echo` is told once the order's invalidations are made.
+    Executed(Receipt, Option<u64>),
     /// No instrument with that symbol.
     UnknownSymbol,
     /// A buy costing more than the balance.
@@ -365,9 +367,9 @@ impl Db {
                         .execute(&mut *tx)
                         .await?;
                     }
-                    let trade_id: i64 = sqlx::query_scalar(
+                    let trade_id: (i64, i64) = sqlx::query_as(
                         "INSERT INTO trades (user_id, instrument_id, side, qty, price, amount, executed_at_ms)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+                         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id, txid_current()",
                     )
                     .bind(user_id)
                     .bind(instrument)
@@ -379,7 +381,11 @@ impl Db {
                     .fetch_one(&mut *tx)
                     .await?;
                     tx.commit().await?;
-                    Ok(OrderOutcome::Executed(receipt(user_id, trade_id, symbol, side, qty, price, amount, balance, now_ms)))
+                    let (trade_id, xid) = trade_id;
+                    Ok(OrderOutcome::Executed(
+                        receipt(user_id, trade_id, symbol, side, qty, price, amount, balance, now_ms),
+                        Some(xid as u64),
+                    ))
                 }
                 Db::Sqlite(pool) => {
                     // IMMEDIATE takes the write lock first: a deferred
@@ -482,7 +488,7 @@ impl Db {
                         Decimal::new(amount_cents, 2),
                         Decimal::new(balance, 2),
                         now_ms,
-                    )))
+                    ), None))
                 }
             }
         })

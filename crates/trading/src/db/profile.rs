@@ -30,38 +30,45 @@ impl Db {
         .await
     }
 
-    /// Updates a profile; `None` if the user does not exist.
+    /// Updates a profile; `None` if the user does not exist. With it, the
+    /// database transaction id on PostgreSQL (for `Cache::skip_echo`).
     pub async fn update_profile(
         &self,
         user_id: i64,
         update: &ProfileUpdate,
-    ) -> Result<Option<Profile>, DbError> {
+    ) -> Result<Option<(Profile, Option<u64>)>, DbError> {
         self.bounded("update_profile", async {
             let (name, email) = (update.name.trim(), update.email.trim());
-            let done = match self {
-                Db::Postgres(pool) => {
-                    sqlx::query("UPDATE users SET name = $2, email = $3 WHERE id = $1")
-                        .bind(user_id)
-                        .bind(name)
-                        .bind(email)
-                        .execute(pool)
-                        .await?
-                        .rows_affected()
-                }
+            let done: Option<Option<u64>> = match self {
+                Db::Postgres(pool) => sqlx::query_scalar::<_, i64>(
+                    "UPDATE users SET name = $2, email = $3 WHERE id = $1 RETURNING txid_current()",
+                )
+                .bind(user_id)
+                .bind(name)
+                .bind(email)
+                .fetch_optional(pool)
+                .await?
+                .map(|xid| Some(xid as u64)),
                 Db::Sqlite(pool) => {
-                    sqlx::query("UPDATE users SET name = ?2, email = ?3 WHERE id = ?1")
+                    let n = sqlx::query("UPDATE users SET name = ?2, email = ?3 WHERE id = ?1")
                         .bind(user_id)
                         .bind(name)
                         .bind(email)
                         .execute(pool)
                         .await?
-                        .rows_affected()
+                        .rows_affected();
+                    (n == 1).then_some(None)
                 }
             };
-            Ok((done == 1).then(|| Profile {
-                user_id,
-                name: name.to_string(),
-                email: email.to_string(),
+            Ok(done.map(|xid| {
+                (
+                    Profile {
+                        user_id,
+                        name: name.to_string(),
+                        email: email.to_string(),
+                    },
+                    xid,
+                )
             }))
         })
         .await

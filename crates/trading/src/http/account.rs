@@ -42,7 +42,7 @@ async fn place(
         .execute_order(user_id, &order.symbol, order.side, order.qty, now_ms())
         .await?;
     match outcome {
-        OrderOutcome::Executed(receipt) => {
+        OrderOutcome::Executed(receipt, xid) => {
             metrics::counter!("trading_orders_total", "result" => "executed").increment(1);
             // Committed: the portfolio cached anywhere is now wrong. A
             // failure here is deferred by larder and replayed, and the
@@ -54,6 +54,10 @@ async fn place(
             {
                 tracing::warn!(error = %e, user_id, "portfolio invalidation failed after an order");
             }
+            // The order's balance change needs no invalidation (no cached
+            // family shows the balance), its holdings change was just made:
+            // the change stream can skip the transaction.
+            app.skip_echo(xid).await;
             Ok((StatusCode::CREATED, Json(receipt)))
         }
         OrderOutcome::UnknownSymbol => Err(ApiError::NotFound(format!(

@@ -35,7 +35,7 @@ async fn update(
     JsonBody(body): JsonBody<ProfileUpdate>,
 ) -> Result<Json<Profile>, ApiError> {
     body.validate().map_err(ApiError::BadRequest)?;
-    let updated = app
+    let (updated, xid) = app
         .db
         .update_profile(id, &body)
         .await?
@@ -49,5 +49,7 @@ async fn update(
     if let Err(e) = app.cache.invalidate_tag("user:{user_id}", &id).await {
         tracing::warn!(user = id, error = %e, "profile updated, but the user's cached data could not be invalidated");
     }
+    // Both invalidations are made: the change stream need not repeat them.
+    app.skip_echo(xid).await;
     Ok(Json(updated))
 }

@@ -13,7 +13,7 @@ use serde_json::Value;
 use tower::ServiceExt;
 use trading::app::{self, AppState};
 use trading::http;
-use trading::settings::{DbArgs, ServeArgs};
+use trading::settings::{CdcArgs, DbArgs, ServeArgs};
 
 /// The database a test runs on, kept alive (and cleaned up) with the app.
 pub enum Backing {
@@ -64,6 +64,14 @@ pub fn args(db: DbArgs, redis_url: Option<String>, no_cache: bool) -> ServeArgs 
         login_attempts_per_min: 0.0,
         trusted_proxies: Vec::new(),
         ws_max_connections: 1_000,
+        // Off, as by default: a test that turns it on names a slot of its
+        // own and drops it.
+        cdc: CdcArgs {
+            enabled: false,
+            slot: None,
+            publication: "larder".into(),
+            catch_up: Duration::from_secs(10),
+        },
     }
 }
 
