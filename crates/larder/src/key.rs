@@ -204,6 +204,7 @@ impl KeyLayout {
     /// The key for parts given as text (a database row's columns), escaped
     /// exactly as typed parts are: the text `42` gives the key `42` does.
     /// Missing parts leave the key short; callers pass `arity` of them.
+    #[cfg(feature = "postgres-cdc")]
     pub(crate) fn fill_texts(&self, parts: &[String]) -> String {
         let mut out = String::with_capacity(self.literal_len + 8 * self.arity);
         let mut w = PartWriter {
@@ -432,6 +433,7 @@ impl KeyTemplate {
     /// The template with every placeholder's name left out
     /// (`user:{id}:profile` gives `user:{}:profile`): two templates with one
     /// skeleton build the same keys from the same parts.
+    #[cfg(feature = "postgres-cdc")]
     pub(crate) fn skeleton(&self) -> String {
         let segments: Vec<&str> = self
             .segments
@@ -543,6 +545,7 @@ impl TagTemplate {
     }
 
     /// The tag's own template.
+    #[cfg(feature = "postgres-cdc")]
     pub(crate) fn template(&self) -> &KeyTemplate {
         &self.template
     }
