@@ -249,6 +249,7 @@ return 1
 });
 
 /// The argument of [`DEL_IF_OLDER`] for `version`.
+#[cfg(feature = "postgres-cdc")]
 pub(crate) fn version_arg(version: u64) -> Vec<u8> {
     let mut arg = vec![0u8; 13];
     arg.extend(version.to_be_bytes());
