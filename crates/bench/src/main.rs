@@ -2,6 +2,7 @@
 //! prints the article's before/after table.
 
 mod bus;
+mod cdc;
 mod load;
 mod portfolio;
 mod report;
@@ -36,6 +37,9 @@ enum Scenario {
     /// Invalidation bus: time from `invalidate` in one process to the L1
     /// drop in another.
     Bus(bus::BusArgs),
+    /// Change stream: time from a COMMIT in PostgreSQL to the L1 drop in
+    /// another process (the bus alone measured beside it).
+    Cdc(cdc::CdcArgs),
     /// Cache stampede: a cold key, a cold start and a hot key expiring
     /// under load; larder vs the article's mutex-and-sleep, same run.
     Stampede(stampede::StampedeArgs),
@@ -56,6 +60,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Portfolio(args) => portfolio::run(args).await,
         Scenario::WriteBehind(args) => write_behind::run(args).await,
         Scenario::Bus(args) => bus::run(args).await,
+        Scenario::Cdc(args) => cdc::run(args).await,
         Scenario::Stampede(args) => stampede::run(args).await,
         Scenario::Ws(args) => ws::run(args).await,
         Scenario::WsFleet(args) => ws_fleet::run(args).await,
