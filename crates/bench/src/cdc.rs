@@ -21,7 +21,11 @@ pub struct CdcArgs {
     pub redis_url: String,
     /// PostgreSQL with `wal_level = logical`; the scenario works in a schema
     /// of its own and drops it, its publication and its slot at the end.
-    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
     pub database_url: String,
     /// Commits to time per row of the table.
     #[arg(long, default_value_t = 500)]
@@ -49,7 +53,9 @@ pub async fn run(args: CdcArgs) -> anyhow::Result<()> {
         format!("CREATE TABLE {schema}.items (id BIGINT PRIMARY KEY, v BIGINT NOT NULL)"),
         format!("INSERT INTO {schema}.items SELECT g, 0 FROM generate_series(0, 99) g"),
     ] {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&pool).await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&pool)
+            .await?;
     }
     let result = measure(&args, &pool, &schema, &slot, &tag).await;
     // Clean up whatever happened: a slot left behind keeps WAL for ever.
@@ -60,7 +66,10 @@ pub async fn run(args: CdcArgs) -> anyhow::Result<()> {
         format!("DROP PUBLICATION IF EXISTS {slot}"),
         format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
     ] {
-        if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(sql.clone())).execute(&pool).await {
+        if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(sql.clone()))
+            .execute(&pool)
+            .await
+        {
             eprintln!("cleanup `{sql}` failed: {e}");
         }
     }
@@ -97,7 +106,10 @@ async fn measure(
         let items_b = items_b.clone();
         async move {
             items_b
-                .get_or_load(&key, move || async move { Ok::<_, std::io::Error>(Some(key)) })
+                .get_or_load(
+                    &key,
+                    move || async move { Ok::<_, std::io::Error>(Some(key)) },
+                )
                 .await
         }
     };
@@ -146,7 +158,9 @@ async fn measure(
         let listener = ChangeListener::builder(&a, &args.database_url)
             .slot(slot)
             .publication(slot)
-            .mapping(Mapping::new().table(format!("{schema}.items"), TableRule::new().key("item:{id}")))
+            .mapping(
+                Mapping::new().table(format!("{schema}.items"), TableRule::new().key("item:{id}")),
+            )
             .echo_window(window)
             .retry_every(Duration::from_millis(100))
             .start()

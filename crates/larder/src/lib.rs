@@ -26,6 +26,9 @@
 //!   read whose Redis call fails is answered by the loader.
 //! - **Bad data is a miss**: a value in Redis that does not decode is counted,
 //!   deleted and reloaded ([`codec`](crate::Codec) layout is versioned).
+//! - **Invalidation from PostgreSQL's change stream** (feature
+//!   `postgres-cdc`, module `cdc`): every committed change to a mapped
+//!   table invalidates its keys and tags, whoever made it.
 //! - **Hit-rate monitoring** per family through the `metrics` facade
 //!   (see the [`metrics`](crate::FamilyStats) table) and [`Family::stats`].
 //!

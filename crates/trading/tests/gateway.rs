@@ -87,7 +87,9 @@ impl Drop for Topology {
         let _ = self.command("down").output();
         let _ = Command::new("psql")
             .args(["-h", "127.0.0.1", "-U", "postgres", "-qc"])
-            .arg(format!("DROP DATABASE IF EXISTS {}", self.db))
+            // FORCE: the instances' replication connections may still be
+            // closing; their (then inactive) slot goes with the database.
+            .arg(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db))
             .output();
         let _ = std::fs::remove_dir_all(&self.run_dir);
     }
