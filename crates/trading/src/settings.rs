@@ -179,7 +179,14 @@ pub struct CdcArgs {
     /// PostgreSQL with `wal_level = logical`. Off by default: it creates a
     /// replication slot, which keeps WAL on the server until read (drop it
     /// with `trading cdc-drop-slot` when retiring the service).
-    #[arg(long = "cdc", env = "LARDER_CDC")]
+    #[arg(
+        long = "cdc",
+        env = "LARDER_CDC",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        num_args = 0..=1,
+        default_value = "off",
+        default_missing_value = "on"
+    )]
     pub enabled: bool,
 
     /// The replication slot, one per service (every instance names the
@@ -357,6 +364,38 @@ pub fn redact(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_change_stream_switch_reads_like_the_docs() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).map(|c| c.serve.cdc.enabled);
+        assert!(!parse(&["trading"]).unwrap());
+        assert!(parse(&["trading", "--cdc"]).unwrap());
+        for (value, on) in [
+            ("on", true),
+            ("true", true),
+            ("1", true),
+            ("off", false),
+            ("no", false),
+        ] {
+            assert_eq!(
+                parse(&["trading", &format!("--cdc={value}")]).unwrap(),
+                on,
+                "{value}"
+            );
+        }
+        assert!(parse(&["trading", "--cdc=maybe"]).is_err());
+        let slot = |ns: &str| {
+            CdcArgs {
+                enabled: true,
+                slot: None,
+                publication: "larder".into(),
+                catch_up: Duration::ZERO,
+            }
+            .slot_name(ns)
+        };
+        assert_eq!(slot("trading"), "larder_trading");
+        assert_eq!(slot("My-App.v2"), "larder_my_app_v2");
+    }
 
     #[test]
     fn passwords_are_redacted() {
