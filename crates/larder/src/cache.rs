@@ -193,7 +193,11 @@ impl Cache {
                 });
             }
             None => {
-                let core = Arc::new(FamilyCore::new(&self.shared.namespace, policy.clone()));
+                let mut core = FamilyCore::new(&self.shared.namespace, policy.clone());
+                if policy.policy.render_json {
+                    core.renderer = Some(crate::render::json_renderer::<V>);
+                }
+                let core = Arc::new(core);
                 families.insert(name.to_string(), (type_id, Arc::clone(&core)));
                 core
             }

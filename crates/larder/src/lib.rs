@@ -77,6 +77,7 @@ mod notify;
 mod policy;
 mod pubsub;
 mod recovery;
+pub mod render;
 mod scripts;
 mod tier;
 pub mod write_behind;
@@ -91,6 +92,7 @@ pub use error::{BoxError, Error, SourceError};
 pub use family::Family;
 pub use metrics::FamilyStats;
 pub use pubsub::Subscription;
+pub use render::Rendered;
 /// A value as written to the database, with the version the database gave
 /// it (a row version, `updated_at` in microseconds: anything that increases
 /// with every write of the row). What a write-through's `persist` returns.

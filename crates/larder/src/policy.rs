@@ -186,6 +186,7 @@ pub struct Policy {
     pub(crate) hard_timeout: Option<Duration>,
     pub(crate) early_refresh: f64,
     pub(crate) lease_wait: Duration,
+    pub(crate) render_json: bool,
 }
 
 /// Default limit on one encoded value: the article's "payload is very large
@@ -223,6 +224,7 @@ impl Policy {
             hard_timeout: None,
             early_refresh: DEFAULT_EARLY_REFRESH,
             lease_wait: DEFAULT_LEASE_WAIT,
+            render_json: false,
         }
     }
 
@@ -287,6 +289,17 @@ impl Policy {
     /// for data that must be shared exactly across processes.
     pub fn l1(mut self, enabled: bool) -> Self {
         self.l1 = enabled;
+        self
+    }
+
+    /// Keeps each value's JSON rendering beside it in L1, made once when the
+    /// value enters L1 (a fill, a Redis hit, a write) and counted in L1's
+    /// byte budget, so that serving it over HTTP is a copy of shared bytes,
+    /// not a `serde_json` run per request: see
+    /// [`Family::get_or_load_rendered`](crate::Family::get_or_load_rendered).
+    /// TOML: `render = "json"`.
+    pub fn render_json(mut self) -> Self {
+        self.render_json = true;
         self
     }
 
@@ -548,6 +561,14 @@ struct PolicyEntry {
     hard_timeout: Option<String>,
     early_refresh: Option<f64>,
     lease_wait: Option<String>,
+    render: Option<Render>,
+}
+
+/// What a family renders beside its values (TOML `render = "json"`).
+#[derive(Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Render {
+    Json,
 }
 
 impl Policies {
@@ -622,6 +643,9 @@ impl Policies {
             }
             if let Some(b) = e.early_refresh {
                 p.early_refresh = b;
+            }
+            if let Some(Render::Json) = e.render {
+                p.render_json = true;
             }
             p.validate()?;
             out.insert(p);

@@ -102,7 +102,13 @@ impl Ctx {
         }
         if let Some(l1) = &self.shared.l1 {
             let tags = self.core.tag_keys(&key);
-            let entry = L1Entry::new(&key, value, weight, life, load_us, tags);
+            // Rendered here, once per entry, so that every hit serves the
+            // same bytes (and the byte budget counts them).
+            let body = match (&value, self.core.renderer) {
+                (Some(v), Some(render)) => render(v),
+                _ => None,
+            };
+            let entry = L1Entry::new(&key, value, weight, life, load_us, tags, body);
             l1.insert(key, entry);
         }
     }

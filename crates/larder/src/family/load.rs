@@ -376,7 +376,7 @@ impl Ctx {
         {
             return Ok(Lookup {
                 stale: !hit.is_fresh(),
-                value: hit.entry.value,
+                value: hit.entry.value.clone(),
                 source: Source::L1,
             });
         }
@@ -548,7 +548,7 @@ impl Ctx {
             match self.l1_get(&key).filter(|h| h.is_fresh()) {
                 Some(hit) => {
                     let lookup = Lookup {
-                        value: hit.entry.value,
+                        value: hit.entry.value.clone(),
                         source: Source::L1,
                         stale: false,
                     };

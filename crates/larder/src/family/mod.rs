@@ -50,6 +50,7 @@ use crate::flight::{Lookup, Source};
 use crate::key::{KeyLayout, KeyParts};
 use crate::metrics::{FamilyMetrics, FamilyStats, Outcome as Counted};
 use crate::policy::{CompiledPolicy, Strategy};
+use crate::render::Rendered;
 use crate::tier::memory::Tags;
 use load::{EARLY_REFRESH_MARGIN, Mode};
 
@@ -62,6 +63,9 @@ pub(crate) struct FamilyCore {
     pub metrics: FamilyMetrics,
     /// Keys whose last refresh failed, and until when not to retry.
     refresh_backoff: Mutex<HashMap<String, Instant>>,
+    /// Renders values for HTTP as they enter L1 (families with
+    /// `render_json`; set by `Cache::family`, which knows `V`).
+    pub renderer: Option<crate::render::Renderer>,
 }
 
 impl FamilyCore {
@@ -74,6 +78,7 @@ impl FamilyCore {
             layout,
             metrics,
             refresh_backoff: Mutex::new(HashMap::new()),
+            renderer: None,
         }
     }
 
@@ -327,7 +332,7 @@ where
                     self.ctx().spawn_refresh(key, loader, keep_if_fresh_for);
                 }
                 let fresh = Lookup {
-                    value: hit.entry.value,
+                    value: hit.entry.value.clone(),
                     source: Source::L1,
                     stale: false,
                 };
@@ -335,7 +340,7 @@ where
             }
             // Stale, within the grace window.
             let stale = Lookup {
-                value: hit.entry.value,
+                value: hit.entry.value.clone(),
                 source: Source::L1,
                 stale: true,
             };
@@ -414,6 +419,113 @@ where
         )
     }
 
+    /// [`get_or_load`](Self::get_or_load), with the value's JSON body and
+    /// ETag: for handlers that serve the value over HTTP as it is.
+    ///
+    /// In a family with [`Policy::render_json`](crate::Policy::render_json)
+    /// the body is rendered once, when the value enters L1, and a fresh L1
+    /// hit hands out those shared bytes without touching `serde_json` (and
+    /// is answered before the future is polled, as `get_or_load`'s is).
+    /// Anywhere else (no L1, a family that does not render, the cache off)
+    /// the body is rendered for this call. Either way it equals
+    /// `serde_json::to_vec(&value)`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), larder::Error> {
+    /// # use larder::{Cache, Policy};
+    /// # use std::time::Duration;
+    /// # let cache = Cache::builder()
+    /// #     .family(Policy::new("price", "price:{symbol}").ttl(Duration::from_secs(2)).render_json())
+    /// #     .build().await?;
+    /// let prices = cache.family::<String, u64>("price")?;
+    /// let load = || async { Ok::<_, std::io::Error>(Some(3901)) };
+    /// let first = prices.get_or_load_rendered(&"TCS".into(), load).await?.unwrap();
+    /// let again = prices.get_or_load_rendered(&"TCS".into(), load).await?.unwrap();
+    /// assert_eq!(&first.body()[..], b"3901");
+    /// assert_eq!(first.body().as_ptr(), again.body().as_ptr()); // the same bytes, rendered once
+    /// assert_eq!(first.etag(), again.etag());
+    /// # Ok(()) }
+    /// ```
+    pub fn get_or_load_rendered<F, Fut, E>(
+        &self,
+        key: &K,
+        loader: F,
+    ) -> impl Future<Output = Result<Option<Rendered<V>>, Error>> + Send + 'static
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        let shared = &self.cache.shared;
+        let l1 = shared
+            .l1
+            .as_ref()
+            .filter(|_| shared.enabled && self.core.policy.policy.l1)
+            .map(Arc::clone);
+        let full = self.key(key).ok();
+        // The hit path: a fresh entry with its body, no refresh due.
+        if let (Some(l1), Some(full)) = (&l1, &full)
+            && let Some(hit) = l1.get(full)
+            && let Some(left) = hit
+                .fresh_for
+                .filter(|l| !l.is_zero())
+                .or(hit.fresh_for.is_none().then_some(Duration::MAX))
+            && !(hit.entry.value.is_some() && self.core.early_refresh_due(left, hit.entry.load_us))
+            && (hit.entry.value.is_none() || hit.entry.body.is_some())
+        {
+            let body = hit.entry.body.clone();
+            let lookup = Lookup {
+                value: hit.entry.value.clone(),
+                source: Source::L1,
+                stale: false,
+            };
+            let out = answer::<V>(&self.core, lookup).map(|v| {
+                v.zip(body).map(|(value, body)| Rendered {
+                    value,
+                    body,
+                    fresh_for: left,
+                })
+            });
+            return Either::Left(ready(out));
+        }
+        let read = self.get_or_load(key, loader);
+        let family = self.name().to_string();
+        Either::Right(
+            async move {
+                let Some(value) = read.await? else {
+                    return Ok(None);
+                };
+                // Filled (or found) just now: L1 holds its rendering, if
+                // that entry is still this value.
+                if let (Some(l1), Some(full)) = (&l1, &full)
+                    && let Some(hit) = l1.get(full)
+                    && let (Some(any), Some(body)) = (&hit.entry.value, hit.entry.body.clone())
+                    && std::ptr::eq(
+                        Arc::as_ptr(any) as *const (),
+                        Arc::as_ptr(&value) as *const (),
+                    )
+                {
+                    return Ok(Some(Rendered {
+                        value,
+                        body,
+                        fresh_for: hit.fresh_for.unwrap_or(Duration::MAX),
+                    }));
+                }
+                let body = crate::render::render(&*value).map_err(|e| Error::Encode {
+                    family,
+                    reason: e.to_string(),
+                })?;
+                Ok(Some(Rendered {
+                    value,
+                    body,
+                    fresh_for: Duration::ZERO,
+                }))
+            }
+            .boxed(),
+        )
+    }
+
     /// Returns the values for many keys, in the order given, with one Redis
     /// round trip (`MGET`) for all the keys L1 does not hold and one loader
     /// call for all that Redis does not hold either.
@@ -475,7 +587,7 @@ where
             match ctx.l1_get(key).filter(|h| h.is_fresh()) {
                 Some(hit) => {
                     answers[i] = Some(Lookup {
-                        value: hit.entry.value,
+                        value: hit.entry.value.clone(),
                         source: Source::L1,
                         stale: false,
                     })

@@ -30,9 +30,20 @@ const ENTRY_OVERHEAD: usize = 96;
 /// The tag keys an entry carries (shared by the entry's copies).
 pub(crate) type Tags = Arc<[String]>;
 
-/// One L1 entry.
+/// One L1 entry: a shared handle, so that moka's clone on every hit is one
+/// reference count, whatever the entry holds.
 #[derive(Clone)]
-pub(crate) struct L1Entry {
+pub(crate) struct L1Entry(Arc<EntryData>);
+
+impl std::ops::Deref for L1Entry {
+    type Target = EntryData;
+    fn deref(&self) -> &EntryData {
+        &self.0
+    }
+}
+
+/// What an L1 entry holds.
+pub(crate) struct EntryData {
     /// The value, or `None` for a remembered "not found".
     pub value: Option<AnyValue>,
     /// When the entry stops being fresh (`None`: never). Between this and
@@ -46,6 +57,9 @@ pub(crate) struct L1Entry {
     pub weight: u32,
     /// The entry's tag keys, so that a tag invalidation can find it.
     pub tags: Option<Tags>,
+    /// The value rendered for HTTP (families that render), made when the
+    /// entry was and weighed with it.
+    pub body: Option<crate::render::Body>,
 }
 
 /// How long an entry stays fresh, then stale, from now.
@@ -81,18 +95,22 @@ impl L1Entry {
         life: Lifetime,
         load_us: u32,
         tags: Option<Tags>,
+        body: Option<crate::render::Body>,
     ) -> Self {
-        let weight = (key.len() + encoded_len + ENTRY_OVERHEAD).min(u32::MAX as usize) as u32;
+        let rendered = body.as_ref().map_or(0, |b| b.weight());
+        let weight =
+            (key.len() + encoded_len + rendered + ENTRY_OVERHEAD).min(u32::MAX as usize) as u32;
         let now = Instant::now();
         let fresh_until = life.fresh.and_then(|t| now.checked_add(t));
-        L1Entry {
+        L1Entry(Arc::new(EntryData {
             value,
             fresh_until,
             expires_at: fresh_until.and_then(|f| f.checked_add(life.grace)),
             load_us,
             weight,
             tags,
-        }
+            body,
+        }))
     }
 }
 
