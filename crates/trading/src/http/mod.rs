@@ -2,6 +2,7 @@
 
 mod account;
 pub mod auth;
+pub mod caching;
 pub mod error;
 pub mod extract;
 mod ops;
@@ -41,6 +42,7 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .merge(stream::routes())
         .merge(ops::routes())
         .fallback(ops::not_found)
+        .layer(middleware::from_fn(caching::no_store_by_default))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             request_timeout,

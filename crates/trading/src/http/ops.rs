@@ -3,12 +3,13 @@
 //! 404.
 
 use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
+use super::caching::{DASHBOARD, IfNoneMatch, OPENAPI};
 use super::error::ApiError;
 use crate::app::AppState;
 
@@ -76,27 +77,23 @@ async fn readyz(State(app): State<AppState>) -> (StatusCode, Json<Value>) {
     )
 }
 
-/// The API's OpenAPI 3.1 document (crates/trading/static/openapi.json).
-async fn openapi() -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        include_str!("../../static/openapi.json"),
-    )
+/// The API's OpenAPI 3.1 document (crates/trading/static/openapi.json),
+/// with an ETag.
+async fn openapi(if_none_match: IfNoneMatch) -> Response {
+    OPENAPI.respond(&if_none_match)
 }
 
 /// The live dashboard (crates/trading/static/dashboard.html): one page,
 /// no external scripts, polling `/api/stats` every second.
-async fn dashboard() -> impl IntoResponse {
-    (
-        [
-            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            (
-                header::CONTENT_SECURITY_POLICY,
-                "default-src 'self'; img-src 'self' data:; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'",
-            ),
-        ],
-        include_str!("../../static/dashboard.html"),
-    )
+async fn dashboard(if_none_match: IfNoneMatch) -> Response {
+    let mut response = DASHBOARD.respond(&if_none_match);
+    response.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; img-src 'self' data:; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'",
+        ),
+    );
+    response
 }
 
 /// The dashboard's data: the last two minutes, one point a second.

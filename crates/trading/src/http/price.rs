@@ -8,6 +8,7 @@ use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 
+use super::caching::{CachedJson, IfNoneMatch};
 use super::error::ApiError;
 use super::extract::Symbol;
 use crate::app::AppState;
@@ -20,18 +21,21 @@ pub fn routes() -> Router<AppState> {
         .route("/api/stocks/{symbol}/depth", get(depth))
 }
 
-/// The last price, from the cache or (on a miss) the database.
+/// The last price, from the cache or (on a miss) the database; public
+/// (the same for everyone), `max-age` what is left of its two seconds.
 async fn price(
     State(app): State<AppState>,
     Symbol(symbol): Symbol,
-) -> Result<Json<Arc<Price>>, ApiError> {
+    if_none_match: IfNoneMatch,
+) -> Result<CachedJson<Price>, ApiError> {
     let db = app.db.clone();
     let key = symbol.clone();
-    app.prices
-        .get_or_load(&key, move || async move { db.price(&symbol).await })
+    let price = app
+        .prices
+        .get_or_load_rendered(&key, move || async move { db.price(&symbol).await })
         .await?
-        .map(Json)
-        .ok_or_else(|| ApiError::NotFound(format!("no instrument {key}")))
+        .ok_or_else(|| ApiError::NotFound(format!("no instrument {key}")))?;
+    Ok(CachedJson::public(price, if_none_match))
 }
 
 /// The top of the book, from the cache or (on a miss) the database.

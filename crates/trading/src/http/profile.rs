@@ -1,13 +1,12 @@
 //! `GET/PUT /api/users/{id}/profile`: cache-aside, one hour; a write deletes
 //! the cached profile and invalidates everything tagged with the user.
 
-use std::sync::Arc;
-
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 
 use super::auth::ActingFor;
+use super::caching::{CachedJson, IfNoneMatch};
 use super::error::ApiError;
 use super::extract::JsonBody;
 use crate::app::AppState;
@@ -17,12 +16,20 @@ pub fn routes() -> Router<AppState> {
     Router::new().route("/api/users/{id}/profile", get(profile).put(update))
 }
 
-/// The user's profile, from the cache or the database.
+/// The user's profile, from the cache or the database (private; a 304
+/// when the client holds the current one).
 async fn profile(
     State(app): State<AppState>,
     ActingFor(id): ActingFor,
-) -> Result<Json<Arc<Profile>>, ApiError> {
-    app.profile(id).await.map(Json)
+    if_none_match: IfNoneMatch,
+) -> Result<CachedJson<Profile>, ApiError> {
+    let db = app.db.clone();
+    let profile = app
+        .profiles
+        .get_or_load_rendered(&id, move || async move { db.profile(id).await })
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("user {id} not found")))?;
+    Ok(CachedJson::private(profile, if_none_match))
 }
 
 /// Writes the database, then deletes the cached profile and bumps the

@@ -4,14 +4,17 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
+use larder::Rendered;
 use serde::Serialize;
 
 use super::auth::ActingFor;
+use super::caching::{CachedJson, IfNoneMatch};
 use super::error::ApiError;
 use super::extract::JsonBody;
 use crate::app::AppState;
@@ -33,11 +36,14 @@ struct WithPrices {
 
 /// The user's watchlist (a write not yet persisted included), with each
 /// symbol's price: all of them in one multi-key cache round trip
-/// (`get_many`), and one database query for the ones missing.
+/// (`get_many`), and one database query for the ones missing. Composed per
+/// request, so rendered per request too; its ETag still spares the client
+/// the body (a 304) when nothing changed.
 async fn watchlist(
     State(app): State<AppState>,
     ActingFor(id): ActingFor,
-) -> Result<Json<WithPrices>, ApiError> {
+    if_none_match: IfNoneMatch,
+) -> Result<CachedJson<WithPrices>, ApiError> {
     let db = app.db.clone();
     let watchlist = app
         .watchlists
@@ -46,7 +52,9 @@ async fn watchlist(
         .ok_or_else(|| ApiError::NotFound(format!("user {id} not found")))?;
     let found = app.prices_of(&watchlist.symbols).await?;
     let prices = watchlist.symbols.iter().cloned().zip(found).collect();
-    Ok(Json(WithPrices { watchlist, prices }))
+    // Prices move every second or two: revalidate every time (max-age 0).
+    let rendered = Rendered::new(Arc::new(WithPrices { watchlist, prices }), Duration::ZERO)?;
+    Ok(CachedJson::private(rendered, if_none_match))
 }
 
 /// Caches and queues the new watchlist; 202 Accepted: the database gets it
