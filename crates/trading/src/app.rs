@@ -27,9 +27,24 @@ use crate::{feed, http, live, telemetry};
 /// The built-in cache policies (crates/trading/cache.toml).
 pub const DEFAULT_POLICIES: &str = include_str!("../cache.toml");
 
-/// What every handler shares. Cheap to clone: pools and caches are handles.
+/// What every handler shares: one `Arc`, so that a clone is one reference
+/// count. axum clones the state for every middleware and extractor that
+/// asks for it (four or five times a request); cloning the fields one by
+/// one was ~20 atomic increments and as many decrements per clone, on
+/// counters every core shares, and a quarter of the CPU of a cached read
+/// (perf, docs/BENCHMARKS.md §11).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The state behind [`AppState`].
+pub struct Shared {
     /// The database.
     pub db: Db,
     /// The cache (for health and ops endpoints).
@@ -134,7 +149,7 @@ impl AppState {
         };
         let hub = Hub::new(&cache, args.ws_max_connections);
         let cdc = crate::cdc::start(args, &cache).await?;
-        Ok(AppState {
+        Ok(AppState(Arc::new(Shared {
             db,
             cache,
             portfolios,
@@ -152,7 +167,7 @@ impl AppState {
             )),
             metrics,
             cdc,
-        })
+        })))
     }
 
     /// Tells the change stream that the invalidations of database

@@ -12,15 +12,16 @@ mod profile;
 pub mod rate_limit;
 mod session;
 mod stream;
+mod track;
 mod watchlist;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::middleware;
+use axum::response::IntoResponse;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::timeout::TimeoutLayer;
 
@@ -59,28 +60,7 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
             rate_limit::limit,
         ))
         // Outermost, so that timeouts, panics and 429s are counted too.
-        .layer(middleware::from_fn_with_state(state.clone(), track))
+        .layer(middleware::from_fn_with_state(state.clone(), track::track))
         .with_state(state)
 }
 
-/// Counts requests and their latency per route (the route template, never
-/// the raw path: ids would explode the label set).
-async fn track(State(app): State<AppState>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let start = Instant::now();
-    let response = next.run(req).await;
-    let status = response.status().as_u16().to_string();
-    let took = start.elapsed();
-    metrics::histogram!("http_request_duration_seconds", "route" => route.clone())
-        .record(took.as_secs_f64());
-    // The dashboard's own numbers; its polling is not counted.
-    if route != "/api/stats" {
-        app.live.record(took);
-    }
-    metrics::counter!("http_requests_total", "route" => route, "status" => status).increment(1);
-    response
-}
