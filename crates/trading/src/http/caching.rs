@@ -9,16 +9,15 @@
 //! - `If-None-Match` with the current ETag is a `304 Not Modified` with no
 //!   body, answered from the cache (and only after authentication: the
 //!   extractors run first).
-//! - API responses that set nothing are `no-store` ([`no_store_by_default`]):
+//! - API responses that set nothing are `no-store` ([`no_store_unless_set`]):
 //!   orders, balance and trades, errors, the session endpoints.
 
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use axum::extract::{FromRequestParts, Request};
+use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use larder::Rendered;
 use larder::render::{if_none_match, strong_etag};
@@ -190,18 +189,16 @@ pub static OPENAPI: LazyLock<StaticFile> = LazyLock::new(|| {
     )
 });
 
-/// `Cache-Control: no-store` on every `/api/` response that says nothing
-/// else: what the article says never to cache (orders, balance, trades),
-/// errors, sessions. A cached read sets its own.
-pub async fn no_store_by_default(req: Request, next: Next) -> Response {
-    let api = req.uri().path().starts_with("/api/");
-    let mut response = next.run(req).await;
-    if api && !response.headers().contains_key(header::CACHE_CONTROL) {
+/// `Cache-Control: no-store` unless the response says otherwise: what the
+/// front middleware does to every `/api/` answer. What the article says
+/// never to cache (orders, balance, trades), errors and sessions end up so;
+/// a cached read sets its own.
+pub fn no_store_unless_set(response: &mut Response) {
+    if !response.headers().contains_key(header::CACHE_CONTROL) {
         response
             .headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
-    response
 }
 
 #[cfg(test)]

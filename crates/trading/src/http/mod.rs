@@ -43,7 +43,6 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .merge(stream::routes())
         .merge(ops::routes())
         .fallback(ops::not_found)
-        .layer(middleware::from_fn(caching::no_store_by_default))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             request_timeout,
@@ -53,14 +52,8 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
         }))
-        // Before any handler or extractor: a limited request costs a map
-        // lookup, not a session lookup or a query.
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            rate_limit::limit,
-        ))
-        // Outermost, so that timeouts, panics and 429s are counted too.
-        .layer(middleware::from_fn_with_state(state.clone(), track::track))
+        // Outermost: rate limits before any handler or extractor, and
+        // timeouts, panics and 429s counted and marked too.
+        .layer(middleware::from_fn_with_state(state.clone(), track::front))
         .with_state(state)
 }
-

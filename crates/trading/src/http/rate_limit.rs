@@ -13,9 +13,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, Request};
 use axum::http::Method;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::auth::bearer;
@@ -152,32 +151,34 @@ fn retry_after(wait: Duration) -> ApiError {
     ApiError::TooManyRequests(wait.as_secs_f64().ceil().max(1.0) as u64)
 }
 
-/// The middleware. Operational endpoints (health, readiness, metrics) are
-/// never limited: a monitor must not be locked out by the traffic it
-/// watches.
-pub async fn limit(State(app): State<AppState>, req: Request, next: Next) -> Response {
+/// The 429 for `req` if it is over a limit (checked by the front
+/// middleware, `track.rs`, before any handler or extractor: a limited
+/// request costs a map lookup, not a session lookup or a query).
+/// Operational endpoints (health, readiness, metrics) are never limited: a
+/// monitor must not be locked out by the traffic it watches.
+pub fn check(app: &AppState, req: &Request) -> Option<Response> {
     let path = req.uri().path();
     if matches!(path, "/healthz" | "/readyz" | "/metrics") {
-        return next.run(req).await;
+        return None;
     }
     let now = Instant::now();
     // Behind a proxy every peer is the proxy: trust it to name the client
     // (`LARDER_TRUSTED_PROXIES`), or the limits become one shared budget.
     let limits = &app.limits;
-    let ip = client_ip(&req, &limits.trusted_proxies);
+    let ip = client_ip(req, &limits.trusted_proxies);
     if req.method() == Method::POST
         && path == "/api/sessions"
         && let Some(login) = &limits.login
         && let Err(wait) = login.check(("login", ip), now)
     {
         metrics::counter!("trading_rate_limited_total", "limit" => "login").increment(1);
-        return retry_after(wait).into_response();
+        return Some(retry_after(wait).into_response());
     }
     if let Some(per_ip) = &limits.per_ip
         && let Err(wait) = per_ip.check(("ip", ip), now)
     {
         metrics::counter!("trading_rate_limited_total", "limit" => "ip").increment(1);
-        return retry_after(wait).into_response();
+        return Some(retry_after(wait).into_response());
     }
     if let Some(per_session) = &limits.per_session
         && let Some(token) = bearer(req.headers())
@@ -188,10 +189,10 @@ pub async fn limit(State(app): State<AppState>, req: Request, next: Next) -> Res
             .is_some_and(|s| crate::session::constant_time_eq(token.as_bytes(), s.as_bytes()));
         if !is_service && let Err(wait) = per_session.check(("session", token), now) {
             metrics::counter!("trading_rate_limited_total", "limit" => "session").increment(1);
-            return retry_after(wait).into_response();
+            return Some(retry_after(wait).into_response());
         }
     }
-    next.run(req).await
+    None
 }
 
 #[cfg(test)]

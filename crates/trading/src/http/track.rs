@@ -1,5 +1,10 @@
-//! Request metrics: `http_request_duration_seconds{route}` and
+//! The front of every request, in one middleware (each `from_fn` layer
+//! boxes a future and clones a service per request): the rate limits
+//! (`rate_limit.rs`), `Cache-Control: no-store` on `/api/` responses that
+//! set nothing (`caching.rs`), and the request metrics,
+//! `http_request_duration_seconds{route}` and
 //! `http_requests_total{route,status}`, plus the dashboard's samples.
+//! Outermost, so that timeouts, panics and 429s are counted and marked too.
 //!
 //! The metric handles are made once per route and status and kept here:
 //! `metrics::histogram!("…", "route" => route.to_owned())` builds and hashes
@@ -59,11 +64,7 @@ static ROUTES: std::sync::LazyLock<RwLock<HashMap<String, Arc<Route>>>> =
     std::sync::LazyLock::new(|| RwLock::new(HashMap::new()));
 
 fn route(name: &str) -> Arc<Route> {
-    if let Some(r) = ROUTES
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(name)
-    {
+    if let Some(r) = ROUTES.read().unwrap_or_else(|p| p.into_inner()).get(name) {
         return Arc::clone(r);
     }
     let mut routes = ROUTES.write().unwrap_or_else(|p| p.into_inner());
@@ -74,16 +75,22 @@ fn route(name: &str) -> Arc<Route> {
     )
 }
 
-/// Counts requests and their latency per route (timeouts, panics and 429s
-/// included: it is the outermost layer).
-pub async fn track(State(app): State<AppState>, req: Request, next: Next) -> Response {
+/// Limits, then runs the request, then marks and counts its answer.
+pub async fn front(State(app): State<AppState>, req: Request, next: Next) -> Response {
     let route = route(
         req.extensions()
             .get::<MatchedPath>()
             .map_or("unmatched", |p| p.as_str()),
     );
     let start = Instant::now();
-    let response = next.run(req).await;
+    let api = req.uri().path().starts_with("/api/");
+    let mut response = match super::rate_limit::check(&app, &req) {
+        Some(limited) => limited,
+        None => next.run(req).await,
+    };
+    if api {
+        super::caching::no_store_unless_set(&mut response);
+    }
     let took = start.elapsed();
     route.duration.record(took.as_secs_f64());
     if route.sampled {
