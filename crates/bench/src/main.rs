@@ -3,6 +3,7 @@
 
 mod bus;
 mod cdc;
+mod ceiling;
 mod load;
 mod portfolio;
 mod report;
@@ -49,6 +50,12 @@ enum Scenario {
     /// The article's 100,000 concurrent price-stream clients: held at once
     /// by several instances, every sampled client still receiving prices.
     WsFleet(ws_fleet::FleetArgs),
+    /// The HTTP ceiling: a bare handler, the warm portfolio read, 304s and
+    /// a price read, same client and body size, in one run (needs wrk).
+    Ceiling(ceiling::CeilingArgs),
+    /// The bare handler of `ceiling` (started by it).
+    #[command(hide = true)]
+    CeilingBare(ceiling::BareArgs),
     /// One client process of ws-fleet (started by it).
     #[command(hide = true)]
     WsHold(ws_fleet::HoldArgs),
@@ -62,6 +69,8 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Bus(args) => bus::run(args).await,
         Scenario::Cdc(args) => cdc::run(args).await,
         Scenario::Stampede(args) => stampede::run(args).await,
+        Scenario::Ceiling(args) => ceiling::run(args).await,
+        Scenario::CeilingBare(args) => ceiling::bare(args).await,
         Scenario::Ws(args) => ws::run(args).await,
         Scenario::WsFleet(args) => ws_fleet::run(args).await,
         Scenario::WsHold(args) => ws_fleet::hold(args).await,

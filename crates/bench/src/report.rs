@@ -288,6 +288,48 @@ impl Report {
     }
 }
 
+/// A one-panel horizontal bar chart of `bars` (label, value), as SVG.
+pub fn bars_svg(
+    path: &Path,
+    title: &str,
+    bars: &[(String, f64)],
+    unit: &str,
+) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let (label_w, bar_w, bar_h, gap) = (330.0, 300.0, 24.0, 10.0);
+    let height = 60.0 + bars.len() as f64 * (bar_h + gap);
+    let max = bars.iter().map(|b| b.1).fold(0.0, f64::max).max(1e-9);
+    let mut svg = String::new();
+    let _ = writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{height}" font-family="sans-serif" font-size="13">"#,
+        w = label_w + bar_w + 120.0
+    );
+    let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        svg,
+        r#"<text x="20" y="28" font-size="16" font-weight="bold">{}</text>"#,
+        escape(title)
+    );
+    for (i, (label, v)) in bars.iter().enumerate() {
+        let y = 45.0 + i as f64 * (bar_h + gap);
+        let w = v / max * bar_w;
+        let _ = writeln!(
+            svg,
+            r#"<text x="20" y="{ty}">{label}</text><rect x="{label_w}" y="{y}" width="{w:.1}" height="{bar_h}" fill="{color}"/><text x="{tx}" y="{ty}">{v:.0} {unit}</text>"#,
+            ty = y + 17.0,
+            label = escape(label),
+            color = if i == 0 { "#9ca3af" } else { "#22c55e" },
+            tx = label_w + w + 5.0,
+        );
+    }
+    svg.push_str("</svg>\n");
+    std::fs::write(path, svg)?;
+    Ok(())
+}
+
 fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")

@@ -85,6 +85,11 @@ impl Service {
         }
     }
 
+    /// The service's process id (`None` once it exited).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// The resident memory of the service process, in bytes (Linux:
     /// `VmRSS` in `/proc/<pid>/status`).
     pub fn rss_bytes(&self) -> anyhow::Result<u64> {
