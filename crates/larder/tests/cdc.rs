@@ -16,7 +16,7 @@ use larder::{Cache, Policy};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use support::{bounded, on_test_redis};
-use testkit::TestDatabase;
+use testkit::{SlotGuard, TestDatabase};
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -31,58 +31,6 @@ struct World {
     // lives in it.
     _slot_guard: SlotGuard,
     db: TestDatabase,
-}
-
-struct SlotGuard {
-    slot: String,
-}
-
-impl Drop for SlotGuard {
-    fn drop(&mut self) {
-        let slot = self.slot.clone();
-        let admin = testkit::postgres_admin_url();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime for the cleanup");
-            rt.block_on(async move {
-                use sqlx::Connection;
-                let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await else {
-                    return;
-                };
-                // The walsender of a listener still running lets go first.
-                for _ in 0..50 {
-                    let _ = sqlx::query(
-                        "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
-                         WHERE slot_name = $1 AND active_pid IS NOT NULL",
-                    )
-                    .bind(&slot)
-                    .execute(&mut conn)
-                    .await;
-                    let dropped = sqlx::query(
-                        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
-                         WHERE slot_name = $1 AND active_pid IS NULL",
-                    )
-                    .bind(&slot)
-                    .execute(&mut conn)
-                    .await;
-                    let left: i64 = sqlx::query_scalar(
-                        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
-                    )
-                    .bind(&slot)
-                    .fetch_one(&mut conn)
-                    .await
-                    .unwrap_or(1);
-                    if dropped.is_ok() && left == 0 {
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            });
-        })
-        .join();
-    }
 }
 
 impl World {
@@ -108,12 +56,12 @@ impl World {
                 .await
                 .expect("seed users");
         }
-        let slot = format!("larder_t_{:016x}", rand::random::<u64>());
+        let guard = SlotGuard::random();
         World {
             pool,
             ns: testkit::namespace(),
-            _slot_guard: SlotGuard { slot: slot.clone() },
-            slot,
+            slot: guard.name().to_string(),
+            _slot_guard: guard,
             db,
         }
     }

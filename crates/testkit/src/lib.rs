@@ -15,7 +15,7 @@ mod redis_server;
 use std::time::Duration;
 
 pub use fault_proxy::{Fault, FaultProxy};
-pub use pg::TestDatabase;
+pub use pg::{SlotGuard, TestDatabase};
 pub use redis_cluster::RedisCluster;
 pub use redis_sentinel::{RedisSentinel, SENTINEL_MASTER};
 pub use redis_server::RedisServer;

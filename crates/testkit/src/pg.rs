@@ -82,3 +82,71 @@ impl Drop for TestDatabase {
         .join();
     }
 }
+
+/// Drops replication slot `0` however the test ends: a slot left behind
+/// keeps WAL on the server for ever, and keeps its database from being
+/// dropped while a listener holds it. Declare it after the
+/// [`TestDatabase`], so that it drops first.
+pub struct SlotGuard(pub String);
+
+impl SlotGuard {
+    /// A guard for a new, random slot name (`larder_t_<hex>`).
+    pub fn random() -> SlotGuard {
+        SlotGuard(format!("larder_t_{:016x}", rand::random::<u64>()))
+    }
+
+    /// The slot's name.
+    pub fn name(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        let slot = self.0.clone();
+        let admin = crate::postgres_admin_url();
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                let Ok(mut conn) = PgConnection::connect(&admin).await else {
+                    return;
+                };
+                // A listener still running lets go once its walsender ends.
+                for _ in 0..50 {
+                    let _ = sqlx::query(
+                        "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
+                         WHERE slot_name = $1 AND active_pid IS NOT NULL",
+                    )
+                    .bind(&slot)
+                    .execute(&mut conn)
+                    .await;
+                    let _ = sqlx::query(
+                        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                         WHERE slot_name = $1 AND active_pid IS NULL",
+                    )
+                    .bind(&slot)
+                    .execute(&mut conn)
+                    .await;
+                    let left: i64 = sqlx::query_scalar(
+                        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
+                    )
+                    .bind(&slot)
+                    .fetch_one(&mut conn)
+                    .await
+                    .unwrap_or(1);
+                    if left == 0 {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                let _ = conn.close().await;
+            });
+        })
+        .join();
+    }
+}

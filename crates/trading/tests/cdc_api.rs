@@ -12,59 +12,6 @@ use sqlx::PgPool;
 use support::{Backing, Setup, exec, from_args, get, send};
 use trading::app::AppState;
 
-/// Drops the test's slot however the test ends (a slot left behind keeps
-/// WAL and its database from being dropped).
-struct SlotGuard(String);
-
-impl Drop for SlotGuard {
-    fn drop(&mut self) {
-        let slot = self.0.clone();
-        let admin = testkit::postgres_admin_url();
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                use sqlx::Connection;
-                let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await else {
-                    return;
-                };
-                for _ in 0..50 {
-                    let _ = sqlx::query(
-                        "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
-                         WHERE slot_name = $1 AND active_pid IS NOT NULL",
-                    )
-                    .bind(&slot)
-                    .execute(&mut conn)
-                    .await;
-                    let _ = sqlx::query(
-                        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
-                         WHERE slot_name = $1 AND active_pid IS NULL",
-                    )
-                    .bind(&slot)
-                    .execute(&mut conn)
-                    .await;
-                    let left: i64 = sqlx::query_scalar(
-                        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
-                    )
-                    .bind(&slot)
-                    .fetch_one(&mut conn)
-                    .await
-                    .unwrap_or(1);
-                    if left == 0 {
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
 fn pool(state: &AppState) -> PgPool {
     match &state.db {
         trading::db::Db::Postgres(pool) => pool.clone(),
@@ -117,8 +64,8 @@ async fn holdings(router: &axum::Router, id: i64) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_changed_behind_the_services_back_show_in_every_instance() {
     let (mut args, _backing) = support::settings(Setup::Production, false).await;
-    let slot = format!("larder_t_{:016x}", rand::random::<u64>());
-    let _guard = SlotGuard(slot.clone());
+    let guard = testkit::SlotGuard::random();
+    let slot = guard.name().to_string();
     args.cdc.enabled = true;
     args.cdc.slot = Some(slot.clone());
     let (a, ra) = from_args(&args).await;
@@ -194,8 +141,8 @@ async fn rows_changed_behind_the_services_back_show_in_every_instance() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_made_while_the_service_was_down_is_seen_by_the_first_read() {
     let (mut args, _backing) = support::settings(Setup::Production, false).await;
-    let slot = format!("larder_t_{:016x}", rand::random::<u64>());
-    let _guard = SlotGuard(slot.clone());
+    let guard = testkit::SlotGuard::random();
+    let slot = guard.name().to_string();
     args.cdc.enabled = true;
     args.cdc.slot = Some(slot.clone());
     let (a, ra) = from_args(&args).await;
