@@ -5,7 +5,7 @@
     perf script | crates/bench/perf/flamegraph.py "title" > docs/flame.svg
 
 Each sample's stack is read root first; equal prefixes merge; a frame's
-width is its share of the samples. Frames under 0.2 % are left out. Also
+width is its share of the samples. Frames under 0.5 % are left out. Also
 prints the 25 heaviest leaf-inclusive frames ("self + children") to stderr.
 """
 
@@ -58,11 +58,12 @@ def main():
 
     def draw(node, name, x, depth):
         w = WIDTH * node["n"] / total
-        if w < WIDTH * 0.002:
+        if w < WIDTH * 0.005:
             return
         y = 40 + depth * ROW
         hue = zlib.crc32(name.encode()) % 60
-        label = html.escape(name)
+        # Rust's generic frames run to kilobytes: the tooltip keeps the head.
+        label = html.escape(name if len(name) <= 240 else name[:237] + "...")
         pct = 100.0 * node["n"] / total
         out.append(
             f'<g><title>{label} ({pct:.1f}%)</title>'
@@ -83,7 +84,7 @@ def main():
     def deepest(node, d):
         depth[0] = max(depth[0], d)
         for kid in node["kids"].values():
-            if kid["n"] / total >= 0.002:
+            if kid["n"] / total >= 0.005:
                 deepest(kid, d + 1)
 
     deepest(root, 0)
