@@ -127,6 +127,24 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Adds the bump of tag key `tag` to `pipe`: its version incremented
+    /// (entries stamped with an older one are stale), its lifetime renewed,
+    /// and the bus told. One place for the service's own tag invalidations,
+    /// their replay after an outage, and the change stream's.
+    pub fn add_tag_bump(&self, pipe: &mut Batch, tag: &str) {
+        pipe.cmd("INCR").arg(tag).ignore();
+        // Tag versions may expire: a missing tag reads as 0, which no entry
+        // stamped after an increment matches, so entries only ever turn
+        // stale, never fresh again.
+        pipe.cmd("PEXPIRE")
+            .arg(tag)
+            .arg(TAG_TTL.as_millis() as u64)
+            .ignore();
+        if let Some(bus) = &self.bus {
+            bus.add(pipe, &Event::Tag(tag.to_owned()));
+        }
+    }
+
     /// The in-process write-behind queue of `family` (without Redis).
     pub fn local_queue(&self, family: &str) -> Arc<MemoryQueue> {
         let mut queues = self.local_queues.lock().unwrap_or_else(|p| p.into_inner());
@@ -291,17 +309,7 @@ impl Cache {
         let result = match &shared.l2 {
             Some(l2) => {
                 let mut pipe = Batch::new();
-                pipe.cmd("INCR").arg(&tag).ignore();
-                // Tag versions may expire: a missing tag reads as 0, which no
-                // entry stamped after an increment matches, so entries only
-                // ever turn stale, never fresh again.
-                pipe.cmd("PEXPIRE")
-                    .arg(&tag)
-                    .arg(TAG_TTL.as_millis() as u64)
-                    .ignore();
-                if let Some(bus) = &shared.bus {
-                    bus.add(&mut pipe, &Event::Tag(tag.clone()));
-                }
+                shared.add_tag_bump(&mut pipe, &tag);
                 l2.run_batch::<()>("INCR (tag)", &pipe).await
             }
             None => Ok(()),

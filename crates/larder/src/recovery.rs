@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 use crate::Error;
 use crate::breaker::BreakerState;
 use crate::bus::Event;
-use crate::cache::{Shared, TAG_TTL};
+use crate::cache::Shared;
 use crate::family::unlink_matching;
 use crate::key::KeyLayout;
 use crate::tier::redis::Batch;
@@ -278,14 +278,7 @@ async fn replay(shared: &Shared, mut journal: Journal) -> Result<(), (Error, Jou
     for batch in tags.chunks(REPLAY_BATCH) {
         let mut pipe = Batch::new();
         for tag in batch {
-            pipe.cmd("INCR").arg(tag).ignore();
-            pipe.cmd("PEXPIRE")
-                .arg(tag)
-                .arg(TAG_TTL.as_millis() as u64)
-                .ignore();
-            if let Some(bus) = &shared.bus {
-                bus.add(&mut pipe, &Event::Tag(tag.clone()));
-            }
+            shared.add_tag_bump(&mut pipe, tag);
         }
         if let Err(e) = l2.run_batch::<()>("INCR (replay)", &pipe).await {
             return Err((e, journal));

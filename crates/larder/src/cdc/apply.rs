@@ -7,7 +7,7 @@
 use super::mapping::Invalidations;
 use crate::Error;
 use crate::bus::Event;
-use crate::cache::{Shared, TAG_TTL, echo_key, void_tagged};
+use crate::cache::{Shared, echo_key, void_tagged};
 use crate::family::unlink_matching;
 use crate::key::matches_pattern;
 use crate::scripts;
@@ -86,14 +86,7 @@ pub(crate) async fn apply(shared: &Shared, inv: &Invalidations) -> Result<(), Er
         }
     }
     for tag in &inv.tags {
-        pipe.cmd("INCR").arg(tag).ignore();
-        pipe.cmd("PEXPIRE")
-            .arg(tag)
-            .arg(TAG_TTL.as_millis() as u64)
-            .ignore();
-        if let Some(bus) = &shared.bus {
-            bus.add(&mut pipe, &Event::Tag(tag.clone()));
-        }
+        shared.add_tag_bump(&mut pipe, tag);
         queued += 1;
         if queued >= PER_BATCH {
             l2.run_batch::<()>("INCR (change stream)", &pipe).await?;
