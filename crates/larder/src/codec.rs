@@ -42,6 +42,14 @@ pub(crate) const HEADER_LEN: usize = 1 + 8 + 4 + 8 + 1;
 /// Where the big-endian version sits (the CAS script reads it there).
 pub(crate) const VERSION_OFFSET: usize = 13;
 
+/// Whether a write-behind marker is a *persisted mark* (`P` and 8 version
+/// bytes, left on a cluster by a worker that persisted a write before the
+/// write was staged; see `scripts::CLEAR_PENDING`) rather than a pending
+/// value. No value is 9 bytes: the header alone is longer.
+pub(crate) fn is_persisted_mark(bytes: &[u8]) -> bool {
+    bytes.len() == 9 && bytes[0] == b'P'
+}
+
 /// Why bytes from Redis were not a value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum DecodeError {

@@ -27,6 +27,20 @@ end
 local function versioned(v)
   return v and #v >= 22 and math.floor(string.byte(v, 1) / 16) == 2
 end
+-- A write-behind persisted mark: 'P' and the persisted version (8 bytes BE).
+local function persisted_mark(v)
+  return v and #v == 9 and string.byte(v, 1) == 80
+end
+-- Orders a persisted mark against a value's version.
+local function cmp_mark(mark, value)
+  for i = 0, 7 do
+    local x, y = string.byte(mark, 2 + i), string.byte(value, 14 + i)
+    if x ~= y then
+      if x < y then return -1 else return 1 end
+    end
+  end
+  return 0
+end
 "#;
 
 fn with_prelude(body: &str) -> redis::Script {
@@ -75,7 +89,21 @@ local function stage(id, value_key, pending_key, encoded, ttl, pending_ttl)
                        math.floor(x / 256) % 256, x % 256)
   end
   local v = string.sub(encoded, 1, 13) .. be32(hi) .. be32(lo) .. string.sub(encoded, 22)
-  redis.call('SET', pending_key, v, 'PX', pending_ttl)
+  local mark = redis.call('GET', pending_key)
+  -- On a cluster, stages of concurrent writes can arrive out of order, and
+  -- a worker can persist a write between its XADD and this stage (leaving a
+  -- persisted mark): the marker only ever moves to a newer version, and a
+  -- write older than one already persisted is not staged at all.
+  if persisted_mark(mark) then
+    local c = cmp_mark(mark, v)
+    if c > 0 then
+      return
+    elseif c < 0 then
+      redis.call('SET', pending_key, v, 'PX', pending_ttl)
+    end
+  elseif not (versioned(mark) and cmp_version(mark, v) > 0) then
+    redis.call('SET', pending_key, v, 'PX', pending_ttl)
+  end
   local cur = redis.call('GET', value_key)
   if not (versioned(cur) and cmp_version(cur, v) > 0) then
     if ttl == '0' then
@@ -171,13 +199,30 @@ return 1
 /// Clears a pending marker once its write (or a newer one) is in the
 /// database; a newer pending write stays.
 ///
-/// KEYS[1] pending key. ARGV[1] the encoded value that was persisted.
-/// Returns 1 if cleared.
+/// On a cluster a write's stage (which sets the marker) runs after its
+/// `XADD`, so a worker can persist the write, or a newer one, before the
+/// write is staged. Clearing there leaves a *persisted mark* instead (`P`
+/// and the version, for `ARGV[2]` ms), which a late stage of this write or
+/// an older one reads and stands down for: a marker nobody would clear, or
+/// an older value resurfacing once the cached value expires, cannot follow.
+/// On one server the enqueue is atomic and `ARGV[2]` is `0`: a delete.
+///
+/// KEYS[1] pending key. ARGV[1] the encoded value that was persisted,
+/// ARGV[2] the persisted mark's TTL ms (`0`: none). Returns 1 if cleared.
 pub(crate) static CLEAR_PENDING: LazyLock<redis::Script> = LazyLock::new(|| {
     with_prelude(
         r#"
 local cur = redis.call('GET', KEYS[1])
-if cur and (not versioned(cur) or cmp_version(cur, ARGV[1]) <= 0) then
+if versioned(cur) and cmp_version(cur, ARGV[1]) > 0 then
+  return 0
+end
+if ARGV[2] ~= '0' then
+  if not (persisted_mark(cur) and cmp_mark(cur, ARGV[1]) >= 0) then
+    redis.call('SET', KEYS[1], 'P' .. string.sub(ARGV[1], 14, 21), 'PX', ARGV[2])
+  end
+  return 1
+end
+if cur then
   redis.call('DEL', KEYS[1])
   return 1
 end
@@ -268,4 +313,135 @@ pub(crate) fn all() -> [&'static redis::Script; 8] {
         &RELEASE,
         &LEASE,
     ]
+}
+
+/// The write-behind marker scripts in the orders a cluster can run them in
+/// (a write's `XADD` and its stage are two steps there, so a worker's clear
+/// can come first), on the Redis of the test run.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MARK_TTL_MS: u64 = 60_000;
+
+    /// A value as the writer encodes it: header (layout 2, no version, no
+    /// tags), then a payload.
+    fn encoded(payload: &str) -> Vec<u8> {
+        let mut v = vec![0x20];
+        v.extend([0u8; 21]);
+        v.extend(payload.as_bytes());
+        v
+    }
+
+    /// `encoded(payload)` with the version a stage gives entry `ms-seq`.
+    fn persisted(payload: &str, ms: u64, seq: u64) -> Vec<u8> {
+        let mut v = encoded(payload);
+        v[13..21].copy_from_slice(&((ms << 20) | seq).to_be_bytes());
+        v
+    }
+
+    struct Keys {
+        value: String,
+        pending: String,
+    }
+
+    fn keys() -> Keys {
+        let value = format!("{}:{{kv:1}}", testkit::namespace());
+        Keys {
+            pending: format!("{value}:wb"),
+            value,
+        }
+    }
+
+    async fn stage(conn: &mut testkit::RawRedis, k: &Keys, payload: &str, id: &str) {
+        let _: i64 = STAGE_WRITE
+            .key(&k.value)
+            .key(&k.pending)
+            .arg(encoded(payload))
+            .arg(0)
+            .arg(60_000)
+            .arg(id)
+            .invoke_async(conn)
+            .await
+            .unwrap();
+    }
+
+    async fn clear(conn: &mut testkit::RawRedis, k: &Keys, value: Vec<u8>, mark_ttl: u64) {
+        let _: i64 = CLEAR_PENDING
+            .key(&k.pending)
+            .arg(value)
+            .arg(mark_ttl)
+            .invoke_async(conn)
+            .await
+            .unwrap();
+    }
+
+    async fn get(conn: &mut testkit::RawRedis, key: &str) -> Option<Vec<u8>> {
+        redis::cmd("GET").arg(key).query_async(conn).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_write_persisted_before_its_stage_leaves_no_pending_marker() {
+        let mut conn = testkit::require_redis().await;
+        let k = keys();
+        clear(&mut conn, &k, persisted("a", 1000, 1), MARK_TTL_MS).await;
+        stage(&mut conn, &k, "a", "1000-1").await;
+        let mark = get(&mut conn, &k.pending).await.unwrap();
+        assert!(crate::codec::is_persisted_mark(&mark), "{mark:?}");
+        // The value is the database's: cached.
+        assert_eq!(
+            get(&mut conn, &k.value).await,
+            Some(persisted("a", 1000, 1))
+        );
+    }
+
+    #[tokio::test]
+    async fn an_older_write_staged_after_a_newer_one_was_persisted_is_not_staged() {
+        let mut conn = testkit::require_redis().await;
+        let k = keys();
+        stage(&mut conn, &k, "new", "1000-2").await;
+        clear(&mut conn, &k, persisted("new", 1000, 2), MARK_TTL_MS).await;
+        stage(&mut conn, &k, "old", "1000-1").await;
+        let mark = get(&mut conn, &k.pending).await.unwrap();
+        assert!(crate::codec::is_persisted_mark(&mark), "{mark:?}");
+        assert_eq!(
+            get(&mut conn, &k.value).await,
+            Some(persisted("new", 1000, 2))
+        );
+        // A newer write after that is pending again.
+        stage(&mut conn, &k, "newer", "1000-3").await;
+        assert_eq!(
+            get(&mut conn, &k.pending).await,
+            Some(persisted("newer", 1000, 3))
+        );
+    }
+
+    #[tokio::test]
+    async fn stages_out_of_order_keep_the_newest_marker() {
+        let mut conn = testkit::require_redis().await;
+        let k = keys();
+        stage(&mut conn, &k, "new", "1000-2").await;
+        stage(&mut conn, &k, "old", "1000-1").await;
+        assert_eq!(
+            get(&mut conn, &k.pending).await,
+            Some(persisted("new", 1000, 2))
+        );
+        // Persisting the older write leaves the newer pending.
+        clear(&mut conn, &k, persisted("old", 1000, 1), MARK_TTL_MS).await;
+        assert_eq!(
+            get(&mut conn, &k.pending).await,
+            Some(persisted("new", 1000, 2))
+        );
+    }
+
+    #[tokio::test]
+    async fn on_one_server_a_clear_deletes_the_marker() {
+        let mut conn = testkit::require_redis().await;
+        let k = keys();
+        stage(&mut conn, &k, "a", "1000-1").await;
+        clear(&mut conn, &k, persisted("a", 1000, 1), 0).await;
+        assert_eq!(get(&mut conn, &k.pending).await, None);
+        clear(&mut conn, &k, persisted("a", 1000, 1), 0).await;
+        assert_eq!(get(&mut conn, &k.pending).await, None);
+    }
 }

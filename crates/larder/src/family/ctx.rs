@@ -374,7 +374,11 @@ impl Ctx {
             }
         };
         let pending = if self.core.write_behind() {
-            decode(pending, FamilyCore::pending_key(key))
+            // A persisted mark (cluster) says the write is in the database.
+            decode(
+                pending.filter(|p| !codec::is_persisted_mark(p)),
+                FamilyCore::pending_key(key),
+            )
         } else {
             None
         };

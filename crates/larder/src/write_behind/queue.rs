@@ -48,12 +48,19 @@ pub(crate) fn version_of(id: &str) -> u64 {
     (ms << 20) | seq.min((1 << 20) - 1)
 }
 
+/// How long a persisted mark (see [`scripts::CLEAR_PENDING`]) outlives the
+/// write it stands for: far longer than a write's `XADD` and its stage can
+/// be apart (the writer's operation timeout), and the marks are 9 bytes.
+const PERSISTED_MARK_TTL: Duration = Duration::from_secs(300);
+
 /// The stream, its dead letters and consumer group of one family.
 #[derive(Debug, Clone)]
 pub(crate) struct StreamNames {
     pub stream: String,
     pub dead: String,
     pub group: String,
+    /// On a cluster, where a write's `XADD` and its stage are two steps.
+    pub cluster: bool,
 }
 
 impl StreamNames {
@@ -75,6 +82,7 @@ impl StreamNames {
             stream,
             dead,
             group: "larder".into(),
+            cluster,
         }
     }
 }
@@ -309,6 +317,11 @@ impl RedisQueue {
         if ids.is_empty() && persisted.is_empty() {
             return Ok(());
         }
+        let mark_ttl_ms = if self.names.cluster {
+            PERSISTED_MARK_TTL.as_millis() as u64
+        } else {
+            0
+        };
         let mut pipe = Batch::new();
         for (pending_key, value) in persisted {
             pipe.cmd("EVALSHA")
@@ -316,6 +329,7 @@ impl RedisQueue {
                 .arg(1)
                 .arg(pending_key)
                 .arg(value)
+                .arg(mark_ttl_ms)
                 .ignore();
         }
         if !ids.is_empty() {
