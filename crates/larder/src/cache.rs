@@ -304,24 +304,7 @@ impl Cache {
                 ),
             ));
         }
-        // Loads and writes running now may hold the old rows.
-        void_tagged(&shared.flights, &shared.families, &tag);
-        let result = match &shared.l2 {
-            Some(l2) => {
-                let mut pipe = Batch::new();
-                shared.add_tag_bump(&mut pipe, &tag);
-                l2.run_batch::<()>("INCR (tag)", &pipe).await
-            }
-            None => Ok(()),
-        };
-        if let Some(l1) = &shared.l1 {
-            l1.invalidate_tag(&tag);
-        }
-        if let Err(e) = result {
-            tracing::debug!(error = %e, "tag invalidation deferred until redis answers");
-            shared.deferred.tag(&tag);
-        }
-        Ok(())
+        self.invalidate_tag_key(&tag).await
     }
 
     /// The state of the circuit breaker in front of Redis (`None` without

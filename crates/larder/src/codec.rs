@@ -50,6 +50,39 @@ pub(crate) fn is_persisted_mark(bytes: &[u8]) -> bool {
     bytes.len() == 9 && bytes[0] == b'P'
 }
 
+/// The negative and compressed flags of a stored value's header byte.
+pub(crate) fn header_flags(bytes: &[u8]) -> (bool, bool) {
+    let h = bytes.first().copied().unwrap_or(0);
+    (h & NEGATIVE != 0, h & LZ4 != 0)
+}
+
+/// The header of a stored value alone (for an operator: even a payload
+/// that does not decode has a readable header).
+pub(crate) fn decode_header(bytes: &[u8]) -> Option<Meta> {
+    if bytes.len() < HEADER_LEN || bytes[0] >> 4 != LAYOUT_VERSION {
+        return None;
+    }
+    let u64_le = |at: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&bytes[at..at + 8]);
+        u64::from_le_bytes(b)
+    };
+    let mut load = [0u8; 4];
+    load.copy_from_slice(&bytes[9..13]);
+    let mut version = [0u8; 8];
+    version.copy_from_slice(&bytes[VERSION_OFFSET..VERSION_OFFSET + 8]);
+    let ntags = bytes[21] as usize;
+    if bytes.len() < HEADER_LEN + 8 * ntags {
+        return None;
+    }
+    Some(Meta {
+        fresh_until_ms: u64_le(1),
+        load_us: u32::from_le_bytes(load),
+        version: u64::from_be_bytes(version),
+        tags: (0..ntags).map(|i| u64_le(HEADER_LEN + 8 * i)).collect(),
+    })
+}
+
 /// Why bytes from Redis were not a value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum DecodeError {
@@ -241,26 +274,8 @@ pub(crate) fn decode<T: DeserializeOwned>(
     if h >> 4 != LAYOUT_VERSION {
         return Err(DecodeError::Version(h >> 4));
     }
-    let u64_le = |at: usize| {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&bytes[at..at + 8]);
-        u64::from_le_bytes(b)
-    };
-    let mut load = [0u8; 4];
-    load.copy_from_slice(&bytes[9..13]);
-    let mut version = [0u8; 8];
-    version.copy_from_slice(&bytes[VERSION_OFFSET..VERSION_OFFSET + 8]);
-    let ntags = bytes[21] as usize;
-    let header_len = HEADER_LEN + 8 * ntags;
-    if bytes.len() < header_len {
-        return Err(DecodeError::Truncated(bytes.len()));
-    }
-    let meta = Meta {
-        fresh_until_ms: u64_le(1),
-        load_us: u32::from_le_bytes(load),
-        version: u64::from_be_bytes(version),
-        tags: (0..ntags).map(|i| u64_le(HEADER_LEN + 8 * i)).collect(),
-    };
+    let meta = decode_header(bytes).ok_or(DecodeError::Truncated(bytes.len()))?;
+    let header_len = HEADER_LEN + 8 * meta.tags.len();
     let body = &bytes[header_len..];
     if h & NEGATIVE != 0 {
         if !body.is_empty() || h & LZ4 != 0 {

@@ -204,17 +204,30 @@ impl KeyLayout {
     /// The key for parts given as text (a database row's columns), escaped
     /// exactly as typed parts are: the text `42` gives the key `42` does.
     /// Missing parts leave the key short; callers pass `arity` of them.
-    #[cfg(feature = "postgres-cdc")]
-    pub(crate) fn fill_texts(&self, parts: &[String]) -> String {
+    /// The key for parts given as text (the change stream's row values,
+    /// an operator's command line).
+    pub(crate) fn fill_texts<S: AsRef<str>>(&self, parts: &[S]) -> String {
+        self.fill_texts_as(parts, false)
+    }
+
+    /// The pattern for parts given as text, where a part `*` is any value.
+    pub(crate) fn fill_texts_pattern<S: AsRef<str>>(&self, parts: &[S]) -> String {
+        self.fill_texts_as(parts, true)
+    }
+
+    fn fill_texts_as<S: AsRef<str>>(&self, parts: &[S], pattern: bool) -> String {
         let mut out = String::with_capacity(self.literal_len + 8 * self.arity);
         let mut w = PartWriter {
             out: &mut out,
             layout: self,
             written: 0,
-            pattern: false,
+            pattern,
         };
         for p in parts {
-            w.text(p);
+            match p.as_ref() {
+                "*" => w.wildcard(),
+                text => w.text(text),
+            }
         }
         w.finish();
         out

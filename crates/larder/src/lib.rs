@@ -61,6 +61,7 @@
 
 #![warn(missing_docs)]
 
+pub mod admin;
 mod breaker;
 mod builder;
 mod bus;

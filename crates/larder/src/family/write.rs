@@ -78,11 +78,14 @@ impl Ctx {
             None => true,
             Some(l2) => {
                 let mut pipe = Batch::new();
+                // Redis keeps it through its grace window, as a fill's: a
+                // written value is as good a fail-safe as a loaded one.
+                let kept = self.redis_ttl(ttl, false);
                 match version {
-                    Some(_) => add_store(&mut pipe, &key, &encoded.bytes, ttl),
+                    Some(_) => add_store(&mut pipe, &key, &encoded.bytes, kept),
                     None => {
                         let cmd = pipe.cmd("SET").arg(&key).arg(&encoded.bytes);
-                        if let Some(ttl) = ttl {
+                        if let Some(ttl) = kept {
                             cmd.arg("PX").arg((ttl.as_millis() as u64).max(1));
                         }
                     }
@@ -327,9 +330,6 @@ where
     /// # Ok(()) }
     /// ```
     pub async fn invalidate_pattern<P: KeyParts>(&self, pattern: &P) -> Result<u64, Error> {
-        if !self.cache.shared.enabled {
-            return Ok(0);
-        }
         let (pattern, filled) = self.core.layout.fill_pattern(pattern);
         let expected = self.core.policy.template.arity();
         if filled != expected {
@@ -338,31 +338,9 @@ where
                 reason: format!("the key template has {expected} part(s), the pattern {filled}"),
             });
         }
-        let shared = &self.cache.shared;
-        shared
-            .flights
-            .void_matching(|k| matches_pattern(&pattern, k));
-        let mut deleted = 0u64;
-        if let Some(l2) = &shared.l2 {
-            let delivered = async {
-                deleted = unlink_matching(l2, &pattern).await?;
-                if let Some(bus) = &shared.bus {
-                    let mut pipe = Batch::new();
-                    bus.add(&mut pipe, &Event::Pattern(pattern.clone()));
-                    l2.run_batch::<()>("XADD", &pipe).await?;
-                }
-                Ok::<(), Error>(())
-            };
-            if let Err(e) = delivered.await {
-                self.core.metrics.redis_error();
-                tracing::debug!(family = %self.name(), error = %e, "pattern invalidation deferred until redis answers");
-                shared.deferred.pattern(&pattern);
-            }
-        }
-        if let Some(l1) = &shared.l1 {
-            l1.invalidate_pattern(&pattern);
-        }
-        Ok(deleted)
+        self.cache
+            .invalidate_pattern_key(&pattern, &self.core)
+            .await
     }
 }
 

@@ -34,7 +34,7 @@
 //! [`CacheBuilder::write_behind_replicas`](crate::CacheBuilder::write_behind_replicas)
 //! a write is acknowledged only once replicas hold its entry (`WAIT`).
 
-mod queue;
+pub(crate) mod queue;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -126,7 +126,10 @@ where
         match &ctx.shared.l2 {
             Some(l2) => {
                 let names = StreamNames::new(&ctx.shared.namespace, self.name(), l2.is_cluster());
-                let ttl_ms = ttl.map_or(0, |t| (t.as_millis() as u64).max(1));
+                // Through the grace window, as a fill's.
+                let ttl_ms = ctx
+                    .redis_ttl(ttl, false)
+                    .map_or(0, |t| (t.as_millis() as u64).max(1));
                 let queued = if l2.is_cluster() {
                     enqueue_on_cluster(l2, &names, &full, &encoded.bytes, ttl_ms, &parts).await
                 } else {
@@ -552,6 +555,15 @@ where
                     queue
                         .done(&ids, &chunk.iter().map(|(e, _)| e).collect::<Vec<_>>())
                         .await?;
+                    // A replayed dead letter is older than what readers may
+                    // have cached since it failed: they load it afresh.
+                    for (e, _) in chunk.iter().filter(|(e, _)| e.replayed) {
+                        let ctx = crate::family::Ctx {
+                            shared: Arc::clone(&self.cache.shared),
+                            core: Arc::clone(&self.core),
+                        };
+                        ctx.invalidate_key(&e.key).await?;
+                    }
                     counters.persisted.fetch_add(chunk.len() as u64, Relaxed);
                     self.core.metrics.write_behind_persisted(chunk.len());
                 }

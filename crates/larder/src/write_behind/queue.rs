@@ -26,6 +26,9 @@ pub(crate) struct Entry {
     pub value: Vec<u8>,
     /// Its version (the order writes were enqueued in).
     pub version: u64,
+    /// Put back from the dead letters by an operator: once persisted, the
+    /// key's cached copies go (they may predate it).
+    pub replayed: bool,
 }
 
 /// A queue entry id.
@@ -486,8 +489,14 @@ fn parse_entries(v: Value) -> Vec<Entry> {
         .into_iter()
         .filter_map(|mut map| {
             let id = String::from_utf8(map.remove("_id")?).ok()?;
+            // A replayed dead letter keeps its original version (`ver`).
+            let version = map
+                .remove("ver")
+                .and_then(|v| String::from_utf8(v).ok()?.parse().ok())
+                .unwrap_or_else(|| version_of(&id));
             Some(Entry {
-                version: version_of(&id),
+                version,
+                replayed: map.contains_key("replay"),
                 key: String::from_utf8(map.remove("key")?).ok()?,
                 parts: map.remove("k")?,
                 value: map.remove("v")?,
@@ -546,6 +555,7 @@ impl MemoryQueue {
                 parts,
                 value,
                 version,
+                replayed: false,
             },
             Instant::now(),
         ));
