@@ -18,10 +18,11 @@ use serde::Serialize;
 
 use crate::Error;
 use crate::bus::Event;
-use crate::cache::{Cache, void_tagged};
+use crate::cache::Cache;
 use crate::codec;
-use crate::family::{Ctx, FamilyCore};
+use crate::family::Ctx;
 use crate::key::{KeyLayout, KeyTemplate, matches_pattern};
+use crate::registry::{FamilyCore, void_tagged};
 use crate::tier::redis::{Batch, RedisTier};
 use crate::write_behind::queue::{StreamNames, parse_fields, version_of};
 

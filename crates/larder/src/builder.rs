@@ -7,12 +7,14 @@ use std::time::Duration;
 use crate::Error;
 use crate::breaker::BreakerSettings;
 use crate::bus::{self, ListenerSettings, Publisher};
-use crate::cache::{Cache, Families, Shared};
+use crate::cache::{Cache, Shared};
+use crate::deferred::Deferred;
 use crate::flight::Flights;
 use crate::key::validate_namespace;
 use crate::notify::{self, Waiters};
 use crate::policy::{Policies, Policy};
-use crate::recovery::{self, Deferred};
+use crate::recovery;
+use crate::registry::Families;
 use crate::tier::memory::MemoryTier;
 use crate::tier::redis::{Deployment, RedisSettings, RedisTier};
 
@@ -493,5 +495,12 @@ impl CacheBuilder {
                 _recovery: recoveries.map(|r| recovery::spawn(weak.clone(), r)),
             }),
         })
+    }
+}
+
+impl Cache {
+    /// Starts configuring a cache. See [`CacheBuilder`].
+    pub fn builder() -> CacheBuilder {
+        CacheBuilder::default()
     }
 }

@@ -34,8 +34,8 @@ use redis::Value;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::cache::Families;
 use crate::flight::Flights;
+use crate::registry::Families;
 use crate::tier::memory::MemoryTier;
 use crate::tier::redis::{Batch, Dialer, OwnConn};
 
@@ -72,7 +72,7 @@ impl Event {
                 l1.invalidate(k);
             }
             Event::Tag(t) => {
-                crate::cache::void_tagged(flights, families, t);
+                crate::registry::void_tagged(flights, families, t);
                 l1.invalidate_tag(t);
             }
             Event::Pattern(p) => {

@@ -1,25 +1,20 @@
 //! The `Cache` handle and the state it shares.
 
-use std::any::TypeId;
 use std::collections::HashMap;
-use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Serialize;
-use serde::de::DeserializeOwned;
-
 use crate::Error;
 use crate::breaker::BreakerState;
-use crate::builder::CacheBuilder;
 use crate::bus::{Event, Listener, Publisher};
-use crate::family::{Family, FamilyCore, OrphanedLeases};
+use crate::deferred::Deferred;
 use crate::flight::Flights;
 use crate::key::{KeyParts, KeyTemplate, tag_key};
 use crate::notify::Waiters;
+use crate::orphans::OrphanedLeases;
 use crate::policy::CompiledPolicy;
 use crate::pubsub::{self, Subscription};
-use crate::recovery::{Deferred, Recovery};
+use crate::registry::Families;
 use crate::tier::memory::MemoryTier;
 use crate::tier::redis::{Batch, RedisTier};
 use crate::write_behind::MemoryQueue;
@@ -58,30 +53,13 @@ pub struct Cache {
     pub(crate) shared: Arc<Shared>,
 }
 
-/// The opened families, by name, with the `TypeId` of their `(K, V)`.
-pub(crate) type Families = Mutex<HashMap<String, (TypeId, Arc<FamilyCore>)>>;
+/// A background task of the cache, stopped when the last clone of the cache
+/// is dropped (with its `Shared`).
+pub(crate) struct TaskGuard(pub tokio::task::JoinHandle<()>);
 
-/// The cores of the opened families that carry tags.
-pub(crate) fn tagged_cores(families: &Families) -> Vec<Arc<FamilyCore>> {
-    families
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .values()
-        .map(|(_, core)| Arc::clone(core))
-        .filter(|core| !core.policy.tags.is_empty())
-        .collect()
-}
-
-/// Voids the loads and writes in progress whose key carries tag key `tag`:
-/// they may have read rows from before the tag's invalidation.
-pub(crate) fn void_tagged(flights: &Flights, families: &Families, tag: &str) {
-    for core in tagged_cores(families) {
-        flights.void_matching(|key| {
-            key.starts_with(core.layout.prefix())
-                && core
-                    .tag_keys(key)
-                    .is_some_and(|tags| tags.iter().any(|t| t == tag))
-        });
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -123,7 +101,7 @@ pub(crate) struct Shared {
     pub orphaned_leases: OrphanedLeases,
     /// The task that replays them at each recovery (with Redis); stops
     /// when dropped.
-    pub _recovery: Option<Recovery>,
+    pub _recovery: Option<TaskGuard>,
 }
 
 impl Shared {
@@ -164,69 +142,6 @@ impl std::fmt::Debug for Cache {
 }
 
 impl Cache {
-    /// Starts configuring a cache. See [`CacheBuilder`].
-    pub fn builder() -> CacheBuilder {
-        CacheBuilder::default()
-    }
-
-    /// Opens the family `name` (its policy was given to the builder) with key
-    /// type `K` and value type `V`.
-    ///
-    /// Fails if no such policy exists, if `K` does not fill the key template
-    /// (e.g. a tuple of two on `portfolio:{user_id}`), or if the family is
-    /// already open with other types. Opening it again with the same types
-    /// returns a handle that shares the first one's state.
-    pub fn family<K, V>(&self, name: &str) -> Result<Family<K, V>, Error>
-    where
-        K: KeyParts + 'static,
-        V: Serialize + DeserializeOwned + Send + Sync + 'static,
-    {
-        let policy = self
-            .shared
-            .policies
-            .get(name)
-            .ok_or_else(|| Error::UnknownFamily(name.to_string()))?;
-        if K::ARITY != policy.template.arity() {
-            return Err(Error::config(
-                name,
-                format!(
-                    "key template `{}` has {} placeholder(s) but the key type fills {}",
-                    policy.template.as_str(),
-                    policy.template.arity(),
-                    K::ARITY
-                ),
-            ));
-        }
-        let type_id = TypeId::of::<(K, V)>();
-        let mut families = self
-            .shared
-            .families
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let core = match families.get(name) {
-            Some((existing, core)) if *existing == type_id => Arc::clone(core),
-            Some(_) => {
-                return Err(Error::FamilyTypeMismatch {
-                    family: name.to_string(),
-                });
-            }
-            None => {
-                let mut core = FamilyCore::new(&self.shared.namespace, policy.clone());
-                if policy.policy.render_json {
-                    core.renderer = Some(crate::render::json_renderer::<V>);
-                }
-                let core = Arc::new(core);
-                families.insert(name.to_string(), (type_id, Arc::clone(&core)));
-                core
-            }
-        };
-        Ok(Family {
-            cache: self.clone(),
-            core,
-            _types: PhantomData,
-        })
-    }
-
     /// The namespace prefix of every key.
     pub fn namespace(&self) -> &str {
         &self.shared.namespace

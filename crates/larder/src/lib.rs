@@ -69,15 +69,18 @@ mod cache;
 #[cfg(feature = "postgres-cdc")]
 pub mod cdc;
 mod codec;
+mod deferred;
 mod error;
 mod family;
 mod flight;
 pub mod key;
 mod metrics;
 mod notify;
+mod orphans;
 mod policy;
 mod pubsub;
 mod recovery;
+mod registry;
 pub mod render;
 mod scripts;
 mod tier;

@@ -17,23 +17,18 @@
 //! A process that dies with a non-empty journal loses it: the Redis copies
 //! then age out by their TTL.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 
 use tokio::sync::Notify;
-use tokio::task::JoinHandle;
 
 use crate::Error;
 use crate::breaker::BreakerState;
 use crate::bus::Event;
-use crate::cache::Shared;
+use crate::cache::{Shared, TaskGuard};
+use crate::deferred::Journal;
 use crate::family::unlink_matching;
 use crate::key::KeyLayout;
 use crate::tier::redis::Batch;
-
-/// The most keys, tags and patterns the journal lists before it gives up
-/// listing and replays as "everything".
-pub(crate) const MAX_DEFERRED: usize = 100_000;
 
 /// Invalidations per replay round trip.
 const REPLAY_BATCH: usize = 500;
@@ -42,133 +37,10 @@ const REPLAY_BATCH: usize = 500;
 /// failure (the breaker stayed closed: no recovery will announce itself),
 /// and to probe an open breaker when no request does.
 const TICK: std::time::Duration = std::time::Duration::from_millis(250);
-
-#[derive(Default)]
-struct Journal {
-    keys: HashSet<String>,
-    tags: HashSet<String>,
-    patterns: HashSet<String>,
-    /// More than `MAX_DEFERRED` were deferred: replay deletes everything.
-    overflowed: bool,
-}
-
-impl Journal {
-    fn len(&self) -> usize {
-        self.keys.len() + self.tags.len() + self.patterns.len()
-    }
-
-    fn is_empty(&self) -> bool {
-        self.len() == 0 && !self.overflowed
-    }
-
-    fn absorb(&mut self, other: Journal) {
-        self.overflowed |= other.overflowed;
-        if self.overflowed {
-            self.clear_lists();
-            return;
-        }
-        self.keys.extend(other.keys);
-        self.tags.extend(other.tags);
-        self.patterns.extend(other.patterns);
-        self.check_size();
-    }
-
-    fn check_size(&mut self) {
-        if self.len() > MAX_DEFERRED {
-            self.overflowed = true;
-            self.clear_lists();
-        }
-    }
-
-    fn clear_lists(&mut self) {
-        self.keys = HashSet::new();
-        self.tags = HashSet::new();
-        self.patterns = HashSet::new();
-    }
-}
-
-/// The invalidations waiting for Redis.
-#[derive(Default)]
-pub(crate) struct Deferred {
-    journal: Mutex<Journal>,
-}
-
-impl Deferred {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Journal> {
-        self.journal.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn add(&self, what: &'static str, insert: impl FnOnce(&mut Journal) -> bool) {
-        let mut journal = self.lock();
-        if journal.overflowed {
-            return;
-        }
-        if insert(&mut journal) {
-            metrics::counter!("larder_invalidations_deferred_total", "kind" => what).increment(1);
-            journal.check_size();
-        }
-    }
-
-    /// Defers the deletion of `key` (a full Redis key).
-    pub fn key(&self, key: &str) {
-        self.add("key", |j| j.keys.insert(key.to_owned()));
-    }
-
-    /// Drops a deferred deletion of `key`: a write or an invalidation of it
-    /// has since reached Redis, which superseded it (replaying it would only
-    /// delete the newer value and cost a reload).
-    pub fn forget_key(&self, key: &str) {
-        let mut journal = self.lock();
-        if !journal.keys.is_empty() {
-            journal.keys.remove(key);
-        }
-    }
-
-    /// Defers the bump of tag key `tag`.
-    pub fn tag(&self, tag: &str) {
-        self.add("tag", |j| j.tags.insert(tag.to_owned()));
-    }
-
-    /// Defers the deletion of every key matching `pattern`.
-    pub fn pattern(&self, pattern: &str) {
-        self.add("pattern", |j| j.patterns.insert(pattern.to_owned()));
-    }
-
-    /// How many are waiting (`usize::MAX` once it overflowed).
-    pub fn len(&self) -> usize {
-        let journal = self.lock();
-        if journal.overflowed {
-            usize::MAX
-        } else {
-            journal.len()
-        }
-    }
-
-    fn take(&self) -> Journal {
-        std::mem::take(&mut *self.lock())
-    }
-
-    /// Puts back what a failed replay did not finish.
-    fn restore(&self, undone: Journal) {
-        self.lock().absorb(undone);
-    }
-}
-
-/// The task that replays the journal at each recovery; stops when dropped.
-pub(crate) struct Recovery {
-    task: JoinHandle<()>,
-}
-
-impl Drop for Recovery {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 /// Starts the recovery task of the cache behind `shared`; `recoveries` is
 /// woken whenever a breaker in front of Redis closes (on a cluster, any
 /// master's).
-pub(crate) fn spawn(shared: Weak<Shared>, recoveries: Arc<Notify>) -> Recovery {
+pub(crate) fn spawn(shared: Weak<Shared>, recoveries: Arc<Notify>) -> TaskGuard {
     let task = tokio::spawn(async move {
         // Registered before each recovery is handled, so that one landing
         // while the previous replay runs is not missed.
@@ -201,7 +73,7 @@ pub(crate) fn spawn(shared: Weak<Shared>, recoveries: Arc<Notify>) -> Recovery {
             }
         }
     });
-    Recovery { task }
+    TaskGuard(task)
 }
 
 /// Replays what is deferred; what fails stays for the next try.
@@ -304,37 +176,4 @@ async fn replay(shared: &Shared, mut journal: Journal) -> Result<(), (Error, Jou
         journal.patterns.remove(&pattern);
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_journal_is_bounded_and_overflows_to_everything() {
-        let deferred = Deferred::default();
-        for i in 0..MAX_DEFERRED {
-            deferred.key(&format!("k{i}"));
-        }
-        deferred.key("k0"); // already listed
-        assert_eq!(deferred.len(), MAX_DEFERRED);
-        deferred.tag("one too many");
-        assert_eq!(deferred.len(), usize::MAX, "overflowed");
-        let journal = deferred.take();
-        assert!(journal.overflowed && journal.keys.is_empty());
-        assert_eq!(deferred.len(), 0);
-    }
-
-    #[test]
-    fn what_a_failed_replay_left_is_kept_with_what_came_since() {
-        let deferred = Deferred::default();
-        deferred.key("a");
-        let mut undone = deferred.take();
-        deferred.key("b");
-        undone.tags.insert("t".into());
-        deferred.restore(undone);
-        let journal = deferred.take();
-        assert_eq!(journal.keys.len(), 2);
-        assert_eq!(journal.tags.len(), 1);
-    }
 }

@@ -7,9 +7,10 @@
 use super::mapping::Invalidations;
 use crate::Error;
 use crate::bus::Event;
-use crate::cache::{Shared, echo_key, void_tagged};
+use crate::cache::{Shared, echo_key};
 use crate::family::unlink_matching;
 use crate::key::matches_pattern;
+use crate::registry::void_tagged;
 use crate::scripts;
 use crate::tier::redis::Batch;
 

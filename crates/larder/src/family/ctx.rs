@@ -7,12 +7,13 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{FamilyCore, answer};
+use super::answer;
 use crate::Error;
 use crate::cache::Shared;
 use crate::codec::{self, Decoded, EncodeError, Encoded, Meta};
 use crate::flight::{Lookup, Source};
 use crate::policy::CompiledPolicy;
+use crate::registry::FamilyCore;
 use crate::tier::memory::{AnyValue, L1Entry, L1Hit, Lifetime};
 
 /// Most keys per `MGET` in a batch read on one server; a batch of more goes

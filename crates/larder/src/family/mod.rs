@@ -26,15 +26,15 @@ mod ctx;
 mod load;
 mod write;
 
-pub(crate) use load::OrphanedLeases;
 pub(crate) use write::unlink_matching;
 
+use std::any::TypeId;
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
 use std::marker::PhantomData;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::FutureExt;
 use futures_util::future::{Either, ready};
@@ -47,119 +47,69 @@ use crate::Error;
 use crate::cache::Cache;
 use crate::error::BoxError;
 use crate::flight::{Lookup, Source};
-use crate::key::{KeyLayout, KeyParts};
-use crate::metrics::{FamilyMetrics, FamilyStats, Outcome as Counted};
-use crate::policy::{CompiledPolicy, Strategy};
+use crate::key::KeyParts;
+use crate::metrics::{FamilyStats, Outcome as Counted};
+use crate::registry::FamilyCore;
 use crate::render::Rendered;
-use crate::tier::memory::Tags;
 use load::{EARLY_REFRESH_MARGIN, Mode};
 
-/// The state of one family shared by all its handles.
-pub(crate) struct FamilyCore {
-    pub policy: CompiledPolicy,
-    pub namespace: String,
-    /// The family's keys, namespace and hash tag included.
-    pub layout: KeyLayout,
-    pub metrics: FamilyMetrics,
-    /// Keys whose last refresh failed, and until when not to retry.
-    refresh_backoff: Mutex<HashMap<String, Instant>>,
-    /// Renders values for HTTP as they enter L1 (families with
-    /// `render_json`; set by `Cache::family`, which knows `V`).
-    pub renderer: Option<crate::render::Renderer>,
-}
-
-impl FamilyCore {
-    pub fn new(namespace: &str, policy: CompiledPolicy) -> Self {
-        let metrics = FamilyMetrics::new(&policy.policy.name);
-        let layout = KeyLayout::full(namespace, &policy.template);
-        FamilyCore {
-            policy,
-            namespace: namespace.to_string(),
-            layout,
-            metrics,
-            refresh_backoff: Mutex::new(HashMap::new()),
-            renderer: None,
+impl Cache {
+    /// Opens the family `name` (its policy was given to the builder) with key
+    /// type `K` and value type `V`.
+    ///
+    /// Fails if no such policy exists, if `K` does not fill the key template
+    /// (e.g. a tuple of two on `portfolio:{user_id}`), or if the family is
+    /// already open with other types. Opening it again with the same types
+    /// returns a handle that shares the first one's state.
+    pub fn family<K, V>(&self, name: &str) -> Result<Family<K, V>, Error>
+    where
+        K: KeyParts + 'static,
+        V: Serialize + DeserializeOwned + Send + Sync + 'static,
+    {
+        let policy = self
+            .shared
+            .policies
+            .get(name)
+            .ok_or_else(|| Error::UnknownFamily(name.to_string()))?;
+        if K::ARITY != policy.template.arity() {
+            return Err(Error::config(
+                name,
+                format!(
+                    "key template `{}` has {} placeholder(s) but the key type fills {}",
+                    policy.template.as_str(),
+                    policy.template.arity(),
+                    K::ARITY
+                ),
+            ));
         }
-    }
-
-    pub fn name(&self) -> &str {
-        &self.policy.policy.name
-    }
-
-    /// Whether writes go through the write-behind queue, so that reads must
-    /// look for a pending write before loading.
-    pub fn write_behind(&self) -> bool {
-        self.policy.policy.strategy == Strategy::WriteBehind
-    }
-
-    /// The tag keys of the entry at `key`, if the family has tags.
-    pub fn tag_keys(&self, key: &str) -> Option<Tags> {
-        if self.policy.tags.is_empty() {
-            return None;
-        }
-        let keys: Vec<String> = self
-            .policy
-            .tags
-            .iter()
-            .filter_map(|t| t.key_for(&self.namespace, key))
-            .collect();
-        Some(keys.into())
-    }
-
-    /// The key of the pending-write marker beside the value at `key`.
-    pub fn pending_key(key: &str) -> String {
-        format!("{key}:wb")
-    }
-
-    /// Whether a hit whose entry is fresh for `fresh_for` more and whose
-    /// load took `load_us` should refresh it now: XFetch (Vattani,
-    /// Chierichetti, Lowenstein, VLDB 2015), refresh when
-    /// `now - delta * beta * ln(rand) >= expiry`. The probability rises as
-    /// expiry nears, faster for entries that are slow to load.
-    pub fn early_refresh_due(&self, left: Duration, load_us: u32) -> bool {
-        let beta = self.policy.policy.early_refresh;
-        if beta <= 0.0 || load_us == 0 {
-            return false;
-        }
-        let delta = f64::from(load_us) / 1e6 * beta;
-        let left = left.as_secs_f64();
-        // Far from expiry the probability is below e^-30: skip the draw.
-        if left > delta * 30.0 {
-            return false;
-        }
-        let u = 1.0 - rand::random::<f64>(); // (0, 1]
-        left <= -delta * u.ln()
-    }
-
-    /// Whether a refresh of `key` failed a moment ago (it is not retried
-    /// on every request while the database is down).
-    pub fn refresh_backed_off(&self, key: &str) -> bool {
-        let map = self
-            .refresh_backoff
+        let type_id = TypeId::of::<(K, V)>();
+        let mut families = self
+            .shared
+            .families
             .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        map.get(key).is_some_and(|until| Instant::now() < *until)
-    }
-
-    /// Records a failed refresh of `key`: the next waits a second (or a
-    /// tenth of the TTL, if shorter).
-    pub fn back_off_refresh(&self, key: &str) {
-        let pause = self
-            .policy
-            .ttl
-            .duration()
-            .map_or(Duration::from_secs(1), |t| {
-                (t / 10).min(Duration::from_secs(1))
-            });
-        let mut map = self
-            .refresh_backoff
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if map.len() > 10_000 {
-            let now = Instant::now();
-            map.retain(|_, until| *until > now);
-        }
-        map.insert(key.to_owned(), Instant::now() + pause);
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let core = match families.get(name) {
+            Some((existing, core)) if *existing == type_id => Arc::clone(core),
+            Some(_) => {
+                return Err(Error::FamilyTypeMismatch {
+                    family: name.to_string(),
+                });
+            }
+            None => {
+                let mut core = FamilyCore::new(&self.shared.namespace, policy.clone());
+                if policy.policy.render_json {
+                    core.renderer = Some(crate::render::json_renderer::<V>);
+                }
+                let core = Arc::new(core);
+                families.insert(name.to_string(), (type_id, Arc::clone(&core)));
+                core
+            }
+        };
+        Ok(Family {
+            cache: self.clone(),
+            core,
+            _types: PhantomData,
+        })
     }
 }
 

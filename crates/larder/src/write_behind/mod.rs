@@ -53,8 +53,9 @@ use queue::{Entry, EntryId, RedisQueue, StreamNames};
 
 use crate::codec::{self, Meta};
 use crate::error::BoxError;
-use crate::family::{Family, FamilyCore};
+use crate::family::Family;
 use crate::key::KeyParts;
+use crate::registry::FamilyCore;
 use crate::tier::redis::Batch;
 use crate::{Cache, Error, SourceError, scripts};
 
