@@ -12,16 +12,110 @@ const LATENCY_BUCKETS: &[f64] = &[
     10.0,
 ];
 
-/// Logs to stderr; `RUST_LOG` overrides the default level.
-pub fn init_logging() {
+/// What `init` set up; dropping it flushes the traces not yet exported.
+#[must_use = "traces are flushed when this is dropped"]
+pub struct Telemetry {
+    #[cfg(feature = "otlp")]
+    tracer: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        #[cfg(feature = "otlp")]
+        if let Some(provider) = self.tracer.take()
+            && let Err(e) = provider.shutdown()
+        {
+            eprintln!("trading: flushing traces: {e}");
+        }
+    }
+}
+
+/// Logs to stderr (`RUST_LOG` overrides the default level) and, built with
+/// feature `otlp` and `OTEL_EXPORTER_OTLP_ENDPOINT` set, request traces over
+/// OTLP/HTTP: a span per request with the cache's answers (family, tier) as
+/// events and the loaders as child spans.
+///
+/// Call it outside the tokio runtime (the exporter's client is blocking).
+pub fn init() -> anyhow::Result<Telemetry> {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    // A second call (tests) keeps the first subscriber.
     // Logs go to stderr; stdout carries only the line announcing the address.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let logs = tracing_subscriber::fmt::layer()
         .with_target(false)
         .with_writer(std::io::stderr)
-        .try_init();
+        .with_filter(filter);
+    let registry = tracing_subscriber::registry().with(logs);
+    #[cfg(feature = "otlp")]
+    {
+        if let Some(provider) = otlp::provider()? {
+            let layer = otlp::layer(&provider);
+            // A second call (tests) keeps the first subscriber.
+            let _ = registry.with(layer).try_init();
+            return Ok(Telemetry {
+                tracer: Some(provider),
+            });
+        }
+    }
+    let _ = registry.try_init();
+    Ok(Telemetry {
+        #[cfg(feature = "otlp")]
+        tracer: None,
+    })
+}
+
+#[cfg(feature = "otlp")]
+mod otlp {
+    use anyhow::Context;
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+
+    /// The tracer provider, if an OTLP endpoint is configured (the SDK reads
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`,
+    /// `OTEL_BSP_*` and the other standard variables itself).
+    pub fn provider() -> anyhow::Result<Option<SdkTracerProvider>> {
+        let configured = [
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        ]
+        .iter()
+        .any(|v| std::env::var(v).is_ok_and(|s| !s.trim().is_empty()));
+        if !configured {
+            return Ok(None);
+        }
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .build()
+            .context("OTLP trace exporter (OTEL_EXPORTER_OTLP_ENDPOINT)")?;
+        let resource = opentelemetry_sdk::Resource::builder()
+            .with_service_name("trading")
+            .build();
+        Ok(Some(
+            SdkTracerProvider::builder()
+                .with_batch_exporter(exporter)
+                .with_resource(resource)
+                .build(),
+        ))
+    }
+
+    /// The layer that turns the request spans (and the cache's events and
+    /// loader spans inside them) into OpenTelemetry spans. Only those
+    /// targets: nothing else pays for being traced.
+    pub fn layer<S>(provider: &SdkTracerProvider) -> impl Layer<S>
+    where
+        S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    {
+        let targets = Targets::new()
+            .with_target("trading::request", LevelFilter::DEBUG)
+            .with_target("larder::request", LevelFilter::DEBUG);
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("trading"))
+            .with_filter(targets)
+    }
 }
 
 /// The process-wide Prometheus recorder, installed on first use.

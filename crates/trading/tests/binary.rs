@@ -292,3 +292,102 @@ async fn three_processes_hit_by_300_concurrent_requests_for_one_cold_portfolio_q
         assert!(service.stop().await.success());
     }
 }
+
+/// With `OTEL_EXPORTER_OTLP_ENDPOINT` set, requests are exported as OTLP
+/// traces: the request span, the cache's answer (family and tier) and the
+/// loader's span, received here by a minimal OTLP/HTTP endpoint.
+#[cfg(feature = "otlp")]
+#[tokio::test]
+async fn requests_are_exported_as_otlp_traces_with_the_cache_tier() {
+    use tokio::net::TcpListener;
+    let collector = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", collector.local_addr().unwrap());
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = collector.accept().await else {
+                return;
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                // Headers, then Content-Length bytes of protobuf.
+                let mut raw = Vec::new();
+                let mut buf = [0u8; 8192];
+                let (head_end, length) = loop {
+                    let n = conn.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    raw.extend_from_slice(&buf[..n]);
+                    if let Some(at) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&raw[..at]).to_ascii_lowercase();
+                        let length = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        break (at + 4, length);
+                    }
+                };
+                while raw.len() < head_end + length {
+                    let n = conn.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    raw.extend_from_slice(&buf[..n]);
+                }
+                let _ = conn
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+                let _ = tx.send(raw[head_end..].to_vec());
+            });
+        }
+    });
+    let db = std::env::temp_dir().join(format!("{}.db", testkit::namespace()));
+    let db_path = db.display().to_string();
+    let service = Service::start(&[
+        ("LARDER_SQLITE_PATH", &db_path),
+        ("LARDER_SEED_USERS", "5"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ])
+    .await;
+    // A miss (the loader runs), then a hit from L1.
+    for _ in 0..2 {
+        let response = service.get("/api/users/1/portfolio").await;
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    }
+    let mut seen = Vec::new();
+    let wanted: [&[u8]; 6] = [
+        b"GET /api/users/{id}/portfolio",
+        b"cache answer",
+        b"portfolio",
+        b"miss",
+        b"hit_l1",
+        b"larder.load",
+    ];
+    let found = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(body) = rx.recv().await {
+            seen.extend_from_slice(&body);
+            if wanted
+                .iter()
+                .all(|w| seen.windows(w.len()).any(|s| s == *w))
+            {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    let exit = service.stop().await;
+    assert!(exit.success(), "{exit:?}");
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{db_path}{suffix}"));
+    }
+    assert!(
+        found,
+        "the exported spans name the route, the family, the tiers and the load ({} bytes seen)",
+        seen.len()
+    );
+}

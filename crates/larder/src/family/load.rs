@@ -194,7 +194,11 @@ impl Ctx {
         E: Into<BoxError>,
     {
         let start = Instant::now();
-        let result = fut.await;
+        // The loader as a span of its own (the database's time, in a trace),
+        // a child of the request's. Disabled, the span is a no-op.
+        let span =
+            tracing::debug_span!(target: "larder::request", "larder.load", family = self.name());
+        let result = tracing::Instrument::instrument(fut, span).await;
         let took = start.elapsed();
         self.core.metrics.loader_call(took, result.is_ok());
         match result {

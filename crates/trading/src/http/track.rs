@@ -84,10 +84,23 @@ pub async fn front(State(app): State<AppState>, req: Request, next: Next) -> Res
     );
     let start = Instant::now();
     let api = req.uri().path().starts_with("/api/");
+    // The request's span (the cache's answers and loads are recorded inside
+    // it). Only an OpenTelemetry layer enables it: otherwise `debug_span!`
+    // is a disabled no-op and none of its fields are formatted.
+    let span = tracing::debug_span!(
+        target: "trading::request",
+        "request",
+        otel.name = format_args!("{} {}", req.method(), route.name),
+        otel.kind = "server",
+        http.request.method = %req.method(),
+        http.route = &*route.name,
+        http.response.status_code = tracing::field::Empty,
+    );
     let mut response = match super::rate_limit::check(&app, &req) {
         Some(limited) => limited,
-        None => next.run(req).await,
+        None => tracing::Instrument::instrument(next.run(req), span.clone()).await,
     };
+    span.record("http.response.status_code", response.status().as_u16());
     if api {
         super::caching::no_store_unless_set(&mut response);
     }
