@@ -3,8 +3,8 @@
 //! trades are read from the database on every request, as the article says.
 
 use rust_decimal::Decimal;
-use sqlx::Row;
 
+use super::dialect::{from_cents, on_db};
 use super::{Db, DbError};
 use crate::order::{Receipt, Side, Trade, rfc3339};
 use crate::session::Session;
@@ -24,15 +24,20 @@ pub enum OrderOutcome {
     InsufficientHoldings,
 }
 
+/// One row of the trades query: id, symbol, side, qty, price, amount and
+/// execution time, in the backend's money type (NUMERIC, or cents).
+type TradeRow<M> = (i64, String, String, i64, M, M, i64);
+
 impl Db {
     /// The user id and stored password hash of the user with `email`.
     pub async fn login(&self, email: &str) -> Result<Option<(i64, Option<String>)>, DbError> {
         self.bounded("login", async {
-            let sql = "SELECT id, password_hash FROM users WHERE email = $1";
-            Ok(match self {
-                Db::Postgres(pool) => sqlx::query_as(sql).bind(email).fetch_optional(pool).await?,
-                Db::Sqlite(pool) => sqlx::query_as(sql).bind(email).fetch_optional(pool).await?,
-            })
+            Ok(on_db!(self, pool => {
+                sqlx::query_as("SELECT id, password_hash FROM users WHERE email = $1")
+                    .bind(email)
+                    .fetch_optional(pool)
+                    .await?
+            }))
         })
         .await
     }
@@ -40,56 +45,37 @@ impl Db {
     /// Gives every user without a password the demo password's hash (seeded
     /// users). Returns how many rows changed.
     pub async fn set_missing_passwords(&self, phc: &str) -> Result<u64, DbError> {
-        let sql = "UPDATE users SET password_hash = $1 WHERE password_hash IS NULL";
-        Ok(match self {
-            Db::Postgres(pool) => sqlx::query(sql)
+        Ok(on_db!(self, pool => {
+            sqlx::query("UPDATE users SET password_hash = $1 WHERE password_hash IS NULL")
                 .bind(phc)
                 .execute(pool)
                 .await?
-                .rows_affected(),
-            Db::Sqlite(pool) => sqlx::query(sql)
-                .bind(phc)
-                .execute(pool)
-                .await?
-                .rows_affected(),
-        })
+                .rows_affected()
+        }))
     }
 
     /// Whether some user has no password yet.
     pub async fn has_missing_passwords(&self) -> Result<bool, DbError> {
-        let sql = "SELECT EXISTS (SELECT 1 FROM users WHERE password_hash IS NULL)";
-        Ok(match self {
-            Db::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await?,
-            Db::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(pool).await?,
-        })
+        Ok(on_db!(self, pool => {
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE password_hash IS NULL)")
+                .fetch_one(pool)
+                .await?
+        }))
     }
 
     /// Stores a new session.
     pub async fn create_session(&self, token_hash: &str, s: &Session) -> Result<(), DbError> {
         self.bounded("create_session", async {
-            let sql =
-                "INSERT INTO sessions (token_hash, user_id, expires_at_ms) VALUES ($1, $2, $3)";
-            let expires = s.expires_at_ms as i64;
-            match self {
-                Db::Postgres(pool) => {
-                    sqlx::query(sql)
-                        .bind(token_hash)
-                        .bind(s.user_id)
-                        .bind(expires)
-                        .execute(pool)
-                        .await?
-                }
-                .rows_affected(),
-                Db::Sqlite(pool) => {
-                    sqlx::query(sql)
-                        .bind(token_hash)
-                        .bind(s.user_id)
-                        .bind(expires)
-                        .execute(pool)
-                        .await?
-                }
-                .rows_affected(),
-            };
+            on_db!(self, pool => {
+                sqlx::query(
+                    "INSERT INTO sessions (token_hash, user_id, expires_at_ms) VALUES ($1, $2, $3)",
+                )
+                .bind(token_hash)
+                .bind(s.user_id)
+                .bind(s.expires_at_ms as i64)
+                .execute(pool)
+                .await?;
+            });
             Ok(())
         })
         .await
@@ -98,15 +84,16 @@ impl Db {
     /// The session with this token hash, if it exists and has not expired.
     pub async fn session(&self, token_hash: &str, now_ms: u64) -> Result<Option<Session>, DbError> {
         self.bounded("session", async {
-            let sql = "SELECT user_id, expires_at_ms FROM sessions WHERE token_hash = $1 AND expires_at_ms > $2";
-            let row: Option<(i64, i64)> = match self {
-                Db::Postgres(pool) => {
-                    sqlx::query_as(sql).bind(token_hash).bind(now_ms as i64).fetch_optional(pool).await?
-                }
-                Db::Sqlite(pool) => {
-                    sqlx::query_as(sql).bind(token_hash).bind(now_ms as i64).fetch_optional(pool).await?
-                }
-            };
+            let row: Option<(i64, i64)> = on_db!(self, pool => {
+                sqlx::query_as(
+                    "SELECT user_id, expires_at_ms FROM sessions
+                      WHERE token_hash = $1 AND expires_at_ms > $2",
+                )
+                .bind(token_hash)
+                .bind(now_ms as i64)
+                .fetch_optional(pool)
+                .await?
+            });
             Ok(row.map(|(user_id, expires)| Session {
                 user_id,
                 expires_at_ms: expires as u64,
@@ -124,23 +111,18 @@ impl Db {
         now_ms: u64,
     ) -> Result<Option<Session>, DbError> {
         self.bounded("extend_session", async {
-            let sql = "UPDATE sessions SET expires_at_ms = CASE WHEN expires_at_ms > $2 THEN expires_at_ms ELSE $2 END
-                        WHERE token_hash = $1 AND expires_at_ms > $3
-                    RETURNING user_id, expires_at_ms";
-            let row: Option<(i64, i64)> = match self {
-                Db::Postgres(pool) => sqlx::query_as(sql)
-                    .bind(token_hash)
-                    .bind(expires_at_ms as i64)
-                    .bind(now_ms as i64)
-                    .fetch_optional(pool)
-                    .await?,
-                Db::Sqlite(pool) => sqlx::query_as(sql)
-                    .bind(token_hash)
-                    .bind(expires_at_ms as i64)
-                    .bind(now_ms as i64)
-                    .fetch_optional(pool)
-                    .await?,
-            };
+            let row: Option<(i64, i64)> = on_db!(self, pool => {
+                sqlx::query_as(
+                    "UPDATE sessions SET expires_at_ms = CASE WHEN expires_at_ms > $2 THEN expires_at_ms ELSE $2 END
+                      WHERE token_hash = $1 AND expires_at_ms > $3
+                  RETURNING user_id, expires_at_ms",
+                )
+                .bind(token_hash)
+                .bind(expires_at_ms as i64)
+                .bind(now_ms as i64)
+                .fetch_optional(pool)
+                .await?
+            });
             Ok(row.map(|(user_id, expires)| Session {
                 user_id,
                 expires_at_ms: expires as u64,
@@ -152,21 +134,13 @@ impl Db {
     /// Ends a session (logout). Expired rows are swept on the way.
     pub async fn delete_session(&self, token_hash: &str, now_ms: u64) -> Result<(), DbError> {
         self.bounded("delete_session", async {
-            let sql = "DELETE FROM sessions WHERE token_hash = $1 OR expires_at_ms <= $2";
-            match self {
-                Db::Postgres(pool) => sqlx::query(sql)
+            on_db!(self, pool => {
+                sqlx::query("DELETE FROM sessions WHERE token_hash = $1 OR expires_at_ms <= $2")
                     .bind(token_hash)
                     .bind(now_ms as i64)
                     .execute(pool)
-                    .await?
-                    .rows_affected(),
-                Db::Sqlite(pool) => sqlx::query(sql)
-                    .bind(token_hash)
-                    .bind(now_ms as i64)
-                    .execute(pool)
-                    .await?
-                    .rows_affected(),
-            };
+                    .await?;
+            });
             Ok(())
         })
         .await
@@ -175,19 +149,13 @@ impl Db {
     /// Deletes expired sessions; returns how many.
     pub async fn sweep_sessions(&self, now_ms: u64) -> Result<u64, DbError> {
         self.bounded("sweep_sessions", async {
-            let sql = "DELETE FROM sessions WHERE expires_at_ms <= $1";
-            Ok(match self {
-                Db::Postgres(pool) => sqlx::query(sql)
+            Ok(on_db!(self, pool => {
+                sqlx::query("DELETE FROM sessions WHERE expires_at_ms <= $1")
                     .bind(now_ms as i64)
                     .execute(pool)
                     .await?
-                    .rows_affected(),
-                Db::Sqlite(pool) => sqlx::query(sql)
-                    .bind(now_ms as i64)
-                    .execute(pool)
-                    .await?
-                    .rows_affected(),
-            })
+                    .rows_affected()
+            }))
         })
         .await
     }
@@ -195,6 +163,7 @@ impl Db {
     /// The user's cash balance; `None` if no such user. Never cached.
     pub async fn balance(&self, user_id: i64) -> Result<Option<Decimal>, DbError> {
         self.bounded("balance", async {
+            // Money: NUMERIC on PostgreSQL, integer cents on SQLite.
             Ok(match self {
                 Db::Postgres(pool) => {
                     sqlx::query_scalar("SELECT balance FROM users WHERE id = $1")
@@ -203,11 +172,11 @@ impl Db {
                         .await?
                 }
                 Db::Sqlite(pool) => {
-                    sqlx::query_scalar::<_, i64>("SELECT balance_cents FROM users WHERE id = ?1")
+                    sqlx::query_scalar::<_, i64>("SELECT balance_cents FROM users WHERE id = $1")
                         .bind(user_id)
                         .fetch_optional(pool)
                         .await?
-                        .map(|c| Decimal::new(c, 2))
+                        .map(from_cents)
                 }
             })
         })
@@ -217,9 +186,21 @@ impl Db {
     /// The user's latest trades, newest first. Never cached.
     pub async fn trades(&self, user_id: i64, limit: i64) -> Result<Vec<Trade>, DbError> {
         self.bounded("trades", async {
-            Ok(match self {
-                Db::Postgres(pool) => sqlx::query(
-                    "SELECT t.id, i.symbol, t.side, t.qty, t.price, t.amount, t.executed_at_ms
+            // Money: NUMERIC on PostgreSQL, integer cents on SQLite.
+            let rows: Vec<TradeRow<Decimal>> = match self {
+                Db::Postgres(pool) => {
+                    sqlx::query_as(
+                        "SELECT t.id, i.symbol, t.side, t.qty, t.price, t.amount, t.executed_at_ms
+                           FROM trades t JOIN instruments i ON i.id = t.instrument_id
+                          WHERE t.user_id = $1 ORDER BY t.id DESC LIMIT $2",
+                    )
+                    .bind(user_id)
+                    .bind(limit)
+                    .fetch_all(pool)
+                    .await?
+                }
+                Db::Sqlite(pool) => sqlx::query_as::<_, TradeRow<i64>>(
+                    "SELECT t.id, i.symbol, t.side, t.qty, t.price_cents, t.amount_cents, t.executed_at_ms
                        FROM trades t JOIN instruments i ON i.id = t.instrument_id
                       WHERE t.user_id = $1 ORDER BY t.id DESC LIMIT $2",
                 )
@@ -227,42 +208,27 @@ impl Db {
                 .bind(limit)
                 .fetch_all(pool)
                 .await?
-                .iter()
-                .map(|r| {
+                .into_iter()
+                .map(|(id, symbol, s, qty, price, amount, at)| {
+                    (id, symbol, s, qty, from_cents(price), from_cents(amount), at)
+                })
+                .collect(),
+            };
+            let trades = rows
+                .into_iter()
+                .map(|(trade_id, symbol, s, qty, price, amount, at)| {
                     Ok(Trade {
-                        trade_id: r.try_get(0)?,
-                        symbol: r.try_get(1)?,
-                        side: side(r.try_get(2)?)?,
-                        qty: r.try_get(3)?,
-                        price: r.try_get(4)?,
-                        amount: r.try_get(5)?,
-                        executed_at: rfc3339(r.try_get(6)?),
+                        trade_id,
+                        symbol,
+                        side: side(s)?,
+                        qty,
+                        price,
+                        amount,
+                        executed_at: rfc3339(at),
                     })
                 })
-                .collect::<Result<_, sqlx::Error>>()?,
-                Db::Sqlite(pool) => sqlx::query(
-                    "SELECT t.id, i.symbol, t.side, t.qty, t.price_cents, t.amount_cents, t.executed_at_ms
-                       FROM trades t JOIN instruments i ON i.id = t.instrument_id
-                      WHERE t.user_id = ?1 ORDER BY t.id DESC LIMIT ?2",
-                )
-                .bind(user_id)
-                .bind(limit)
-                .fetch_all(pool)
-                .await?
-                .iter()
-                .map(|r| {
-                    Ok(Trade {
-                        trade_id: r.try_get(0)?,
-                        symbol: r.try_get(1)?,
-                        side: side(r.try_get(2)?)?,
-                        qty: r.try_get(3)?,
-                        price: Decimal::new(r.try_get(4)?, 2),
-                        amount: Decimal::new(r.try_get(5)?, 2),
-                        executed_at: rfc3339(r.try_get(6)?),
-                    })
-                })
-                .collect::<Result<_, sqlx::Error>>()?,
-            })
+                .collect::<Result<_, sqlx::Error>>()?;
+            Ok(trades)
         })
         .await
     }
@@ -284,6 +250,10 @@ impl Db {
         qty: i64,
         now_ms: u64,
     ) -> Result<OrderOutcome, DbError> {
+        // Two branches, step for step the same, because three things differ:
+        // money (NUMERIC against integer cents), how concurrent orders are
+        // ordered (row locks against SQLite's single writer), and the
+        // transaction id (PostgreSQL only).
         self.bounded("execute_order", async {
             match self {
                 Db::Postgres(pool) => {
@@ -359,7 +329,7 @@ impl Db {
                     if side == Side::Buy {
                         sqlx::query(
                             "INSERT INTO holdings (user_id, instrument_id, qty) VALUES ($1, $2, $3)
-                             ON CONFLICT (user_id, instrument_id) DO UPDATE SET qty = holdings.qty + EXCLUDED.qty",
+                             ON CONFLICT (user_id, instrument_id) DO UPDATE SET qty = holdings.qty + excluded.qty",
                         )
                         .bind(user_id)
                         .bind(instrument)
@@ -393,7 +363,7 @@ impl Db {
                     // SQLITE_BUSY instead of waiting its turn.
                     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
                     let Some((instrument, price_cents)) = sqlx::query_as::<_, (i32, i64)>(
-                        "SELECT id, last_price_cents FROM instruments WHERE symbol = ?1",
+                        "SELECT id, last_price_cents FROM instruments WHERE symbol = $1",
                     )
                     .bind(symbol)
                     .fetch_optional(&mut *tx)
@@ -407,8 +377,8 @@ impl Db {
                     let balance: Option<i64> = match side {
                         Side::Buy => {
                             sqlx::query_scalar(
-                                "UPDATE users SET balance_cents = balance_cents - ?2
-                                  WHERE id = ?1 AND balance_cents >= ?2 RETURNING balance_cents",
+                                "UPDATE users SET balance_cents = balance_cents - $2
+                                  WHERE id = $1 AND balance_cents >= $2 RETURNING balance_cents",
                             )
                             .bind(user_id)
                             .bind(amount_cents)
@@ -417,7 +387,7 @@ impl Db {
                         }
                         Side::Sell => {
                             let held: Option<i64> = sqlx::query_scalar(
-                                "SELECT qty FROM holdings WHERE user_id = ?1 AND instrument_id = ?2",
+                                "SELECT qty FROM holdings WHERE user_id = $1 AND instrument_id = $2",
                             )
                             .bind(user_id)
                             .bind(instrument)
@@ -425,7 +395,7 @@ impl Db {
                             .await?;
                             match held {
                                 Some(h) if h > qty => {
-                                    sqlx::query("UPDATE holdings SET qty = qty - ?3 WHERE user_id = ?1 AND instrument_id = ?2")
+                                    sqlx::query("UPDATE holdings SET qty = qty - $3 WHERE user_id = $1 AND instrument_id = $2")
                                         .bind(user_id)
                                         .bind(instrument)
                                         .bind(qty)
@@ -433,7 +403,7 @@ impl Db {
                                         .await?;
                                 }
                                 Some(h) if h == qty => {
-                                    sqlx::query("DELETE FROM holdings WHERE user_id = ?1 AND instrument_id = ?2")
+                                    sqlx::query("DELETE FROM holdings WHERE user_id = $1 AND instrument_id = $2")
                                         .bind(user_id)
                                         .bind(instrument)
                                         .execute(&mut *tx)
@@ -442,7 +412,7 @@ impl Db {
                                 _ => return Ok(OrderOutcome::InsufficientHoldings),
                             }
                             sqlx::query_scalar(
-                                "UPDATE users SET balance_cents = balance_cents + ?2 WHERE id = ?1 RETURNING balance_cents",
+                                "UPDATE users SET balance_cents = balance_cents + $2 WHERE id = $1 RETURNING balance_cents",
                             )
                             .bind(user_id)
                             .bind(amount_cents)
@@ -455,7 +425,7 @@ impl Db {
                     };
                     if side == Side::Buy {
                         sqlx::query(
-                            "INSERT INTO holdings (user_id, instrument_id, qty) VALUES (?1, ?2, ?3)
+                            "INSERT INTO holdings (user_id, instrument_id, qty) VALUES ($1, $2, $3)
                              ON CONFLICT (user_id, instrument_id) DO UPDATE SET qty = holdings.qty + excluded.qty",
                         )
                         .bind(user_id)
@@ -466,7 +436,7 @@ impl Db {
                     }
                     let trade_id: i64 = sqlx::query_scalar(
                         "INSERT INTO trades (user_id, instrument_id, side, qty, price_cents, amount_cents, executed_at_ms)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING id",
+                         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
                     )
                     .bind(user_id)
                     .bind(instrument)
@@ -484,9 +454,9 @@ impl Db {
                         symbol,
                         side,
                         qty,
-                        Decimal::new(price_cents, 2),
-                        Decimal::new(amount_cents, 2),
-                        Decimal::new(balance, 2),
+                        from_cents(price_cents),
+                        from_cents(amount_cents),
+                        from_cents(balance),
                         now_ms,
                     ), None))
                 }

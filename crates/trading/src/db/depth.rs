@@ -2,6 +2,7 @@
 
 use rust_decimal::Decimal;
 
+use super::dialect::{from_cents, on_db};
 use super::{Db, DbError};
 use crate::depth::{Book, Depth};
 
@@ -30,6 +31,7 @@ impl Db {
     /// The depth of `symbol`; `None` if no such instrument.
     pub async fn depth(&self, symbol: &str) -> Result<Option<Depth>, DbError> {
         self.bounded("depth", async {
+            // Money: NUMERIC on PostgreSQL, integer cents on SQLite.
             let row: Option<(Option<String>, Decimal, i64)> = match self {
                 Db::Postgres(pool) => {
                     sqlx::query_as(
@@ -44,12 +46,12 @@ impl Db {
                 Db::Sqlite(pool) => sqlx::query_as::<_, (Option<String>, i64, i64)>(
                     "SELECT d.levels, i.last_price_cents, COALESCE(d.version, 0)
                        FROM instruments i LEFT JOIN market_depth d ON d.instrument_id = i.id
-                      WHERE i.symbol = ?1",
+                      WHERE i.symbol = $1",
                 )
                 .bind(symbol)
                 .fetch_optional(pool)
                 .await?
-                .map(|(l, c, v)| (l, Decimal::new(c, 2), v)),
+                .map(|(l, c, v)| (l, from_cents(c), v)),
             };
             row.map(|(levels, last, version)| decode(symbol, levels, last, version))
                 .transpose()
@@ -63,34 +65,21 @@ impl Db {
         let json = serde_json::to_string(book)
             .map_err(|e| DbError::Setup(format!("encoding a book: {e}")))?;
         self.bounded("update_depth", async {
-            let sql = "INSERT INTO market_depth (instrument_id, levels, version)
-                       SELECT id, $2, 1 FROM instruments WHERE symbol = $1
-                       ON CONFLICT (instrument_id) DO UPDATE
-                          SET levels = excluded.levels, version = market_depth.version + 1
-                       RETURNING version";
-            let version: Option<i64> = match self {
-                Db::Postgres(pool) => {
-                    sqlx::query_scalar(sql)
-                        .bind(symbol)
-                        .bind(&json)
-                        .fetch_optional(pool)
-                        .await?
-                }
-                // SQLite needs a WHERE for an upsert from a SELECT to parse.
-                Db::Sqlite(pool) => {
-                    sqlx::query_scalar(
-                        "INSERT INTO market_depth (instrument_id, levels, version)
-                     SELECT id, ?2, 1 FROM instruments WHERE symbol = ?1 AND true
+            // The WHERE is also what lets SQLite parse an upsert from a
+            // SELECT: without one, its ON CONFLICT would read as a join's ON.
+            let version: Option<i64> = on_db!(self, pool => {
+                sqlx::query_scalar(
+                    "INSERT INTO market_depth (instrument_id, levels, version)
+                     SELECT id, $2, 1 FROM instruments WHERE symbol = $1
                      ON CONFLICT (instrument_id) DO UPDATE
                         SET levels = excluded.levels, version = market_depth.version + 1
                      RETURNING version",
-                    )
-                    .bind(symbol)
-                    .bind(&json)
-                    .fetch_optional(pool)
-                    .await?
-                }
-            };
+                )
+                .bind(symbol)
+                .bind(&json)
+                .fetch_optional(pool)
+                .await?
+            });
             Ok(version.map(|v| Depth {
                 symbol: symbol.to_string(),
                 book: book.clone(),

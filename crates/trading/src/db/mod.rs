@@ -4,9 +4,14 @@
 //!
 //! Every query counts itself in `trading_db_queries_total{query}`: the
 //! bench's "database queries/s" comes from there, not from a guess.
+//!
+//! A query is written once and run on either pool with `on_db!` (in `dialect`);
+//! where the two databases really differ, the method matches on the variant
+//! (the differences are listed in `dialect`).
 
 mod account;
 mod depth;
+mod dialect;
 mod portfolio;
 mod price;
 mod profile;
@@ -26,6 +31,7 @@ use sqlx::sqlite::{
 use sqlx::{ConnectOptions, SqlSafeStr};
 
 use crate::settings::{DbArgs, redact};
+use dialect::on_db;
 
 /// A database failure, as the HTTP layer needs to tell them apart.
 #[derive(Debug, thiserror::Error)]
@@ -141,10 +147,7 @@ impl Db {
 
     /// The configured database timeout (`--db-timeout`), as the pool holds it.
     fn timeout(&self) -> std::time::Duration {
-        match self {
-            Db::Postgres(pool) => pool.options().get_acquire_timeout(),
-            Db::Sqlite(pool) => pool.options().get_acquire_timeout(),
-        }
+        on_db!(self, pool => pool.options().get_acquire_timeout())
     }
 
     /// Connects to PostgreSQL if `DATABASE_URL` is set, else opens (creating
@@ -244,37 +247,30 @@ impl Db {
             })
             .collect();
         let migrator = Migrator::with_migrations(migrations);
-        let result = match self {
-            Db::Postgres(pool) => migrator.run(pool).await,
-            Db::Sqlite(pool) => migrator.run(pool).await,
-        };
+        let result = on_db!(self, pool => migrator.run(pool).await);
         result.map_err(|e| DbError::Setup(format!("{dir} migrations failed: {e}")))
     }
 
     /// Whether there are no users yet.
     pub async fn is_empty(&self) -> Result<bool, DbError> {
-        let sql = "SELECT EXISTS (SELECT 1 FROM users)";
-        let exists: bool = match self {
-            Db::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await?,
-            Db::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(pool).await?,
-        };
+        let exists: bool = on_db!(self, pool => {
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users)")
+                .fetch_one(pool)
+                .await?
+        });
         Ok(!exists)
     }
 
     /// Closes the pool: later queries fail as if the database were down.
     pub async fn close(&self) {
-        match self {
-            Db::Postgres(pool) => pool.close().await,
-            Db::Sqlite(pool) => pool.close().await,
-        }
+        on_db!(self, pool => pool.close().await)
     }
 
     /// Checks that the database answers.
     pub async fn ping(&self) -> Result<(), DbError> {
-        match self {
-            Db::Postgres(pool) => sqlx::query("SELECT 1").execute(pool).await.map(|_| ())?,
-            Db::Sqlite(pool) => sqlx::query("SELECT 1").execute(pool).await.map(|_| ())?,
-        }
+        on_db!(self, pool => {
+            sqlx::query("SELECT 1").execute(pool).await?;
+        });
         Ok(())
     }
 }

@@ -2,6 +2,7 @@
 
 use rust_decimal::Decimal;
 
+use super::dialect::from_cents;
 use super::{Db, DbError};
 use crate::portfolio::{Holding, Portfolio};
 
@@ -16,6 +17,7 @@ impl Db {
         self.bounded("portfolio", async {
             // One row per holding, with the total over all rows alongside. A user
             // without holdings gives one row of NULLs; an unknown user none.
+            // Money: NUMERIC on PostgreSQL, integer cents on SQLite.
             let rows: Vec<PortfolioRow<Decimal>> = match self {
                 Db::Postgres(pool) => {
                     sqlx::query_as(
@@ -40,13 +42,13 @@ impl Db {
                        FROM users u
                        LEFT JOIN holdings h ON h.user_id = u.id
                        LEFT JOIN instruments i ON i.id = h.instrument_id
-                      WHERE u.id = ?1
+                      WHERE u.id = $1
                       ORDER BY i.symbol",
                     )
                     .bind(user_id)
                     .fetch_all(pool)
                     .await?;
-                    let cents = |c: Option<i64>| c.map(|c| Decimal::new(c, 2));
+                    let cents = |c: Option<i64>| c.map(from_cents);
                     rows.into_iter()
                         .map(|(s, q, p, m, t)| (s, q, cents(p), cents(m), cents(t)))
                         .collect()

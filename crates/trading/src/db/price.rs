@@ -2,6 +2,7 @@
 
 use rust_decimal::Decimal;
 
+use super::dialect::{from_cents, to_cents};
 use super::{Db, DbError};
 use crate::price::Price;
 
@@ -9,6 +10,7 @@ impl Db {
     /// The last price of `symbol`; `None` if no such instrument.
     pub async fn price(&self, symbol: &str) -> Result<Option<Price>, DbError> {
         self.bounded("price", async {
+            // Money: NUMERIC on PostgreSQL, integer cents on SQLite.
             Ok(match self {
                 Db::Postgres(pool) => sqlx::query_as::<_, (Decimal, i64)>(
                     "SELECT last_price, version FROM instruments WHERE symbol = $1",
@@ -22,14 +24,14 @@ impl Db {
                     version: version as u64,
                 }),
                 Db::Sqlite(pool) => sqlx::query_as::<_, (i64, i64)>(
-                    "SELECT last_price_cents, version FROM instruments WHERE symbol = ?1",
+                    "SELECT last_price_cents, version FROM instruments WHERE symbol = $1",
                 )
                 .bind(symbol)
                 .fetch_optional(pool)
                 .await?
                 .map(|(cents, version)| Price {
                     symbol: symbol.to_string(),
-                    price: Decimal::new(cents, 2),
+                    price: from_cents(cents),
                     version: version as u64,
                 }),
             })
@@ -43,6 +45,8 @@ impl Db {
             return Ok(Vec::new());
         }
         self.bounded("prices", async {
+            // Money as NUMERIC or cents, and the list as one array parameter
+            // or, SQLite having no arrays, one parameter per symbol.
             let rows: Vec<(String, Decimal, i64)> = match self {
                 Db::Postgres(pool) => sqlx::query_as(
                     "SELECT symbol, last_price, version FROM instruments WHERE symbol = ANY($1)",
@@ -63,7 +67,7 @@ impl Db {
                         .fetch_all(pool)
                         .await?
                         .into_iter()
-                        .map(|(s, c, v)| (s, Decimal::new(c, 2), v))
+                        .map(|(s, c, v)| (s, from_cents(c), v))
                         .collect()
                 }
             };
@@ -90,6 +94,7 @@ impl Db {
         price: Decimal,
     ) -> Result<Option<Price>, DbError> {
         self.bounded("update_price", async {
+        // Money as NUMERIC or cents, and each database's own clock.
         let version: Option<i64> = match self {
             Db::Postgres(pool) => {
                 sqlx::query_scalar(
@@ -102,14 +107,13 @@ impl Db {
                 .await?
             }
             Db::Sqlite(pool) => {
-                let cents = (price * Decimal::from(100)).round().try_into().unwrap_or(i64::MAX);
                 sqlx::query_scalar(
-                    "UPDATE instruments SET last_price_cents = ?2, version = version + 1,
+                    "UPDATE instruments SET last_price_cents = $2, version = version + 1,
                             price_updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
-                      WHERE symbol = ?1 RETURNING version",
+                      WHERE symbol = $1 RETURNING version",
                 )
                 .bind(symbol)
-                .bind(cents)
+                .bind(to_cents(price))
                 .fetch_optional(pool)
                 .await?
             }
@@ -126,6 +130,7 @@ impl Db {
     /// Every instrument's symbol and price (the price feed's universe).
     pub async fn instruments(&self) -> Result<Vec<(String, Decimal)>, DbError> {
         self.bounded("instruments", async {
+            // Money: NUMERIC on PostgreSQL, integer cents on SQLite.
             Ok(match self {
                 Db::Postgres(pool) => {
                     sqlx::query_as("SELECT symbol, last_price FROM instruments ORDER BY id")
@@ -138,7 +143,7 @@ impl Db {
                 .fetch_all(pool)
                 .await?
                 .into_iter()
-                .map(|(s, c)| (s, Decimal::new(c, 2)))
+                .map(|(s, c)| (s, from_cents(c)))
                 .collect(),
             })
         })

@@ -9,6 +9,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use sqlx::{AssertSqlSafe, QueryBuilder};
 
+use super::dialect::on_db;
 use super::{Db, DbError};
 
 /// What to generate.
@@ -164,6 +165,10 @@ pub async fn seed(db: &Db, plan: SeedPlan) -> Result<(), DbError> {
         next_user: 1,
     };
     let pb = bar(&plan, plan.users, "users");
+    // Two loaders: PostgreSQL lifts its statement timeout, makes replicas
+    // that start together wait for one seeder, and bulk-loads through
+    // arrays; SQLite has neither statement timeout nor arrays, and stores
+    // money as cents.
     match db {
         Db::Postgres(pool) => {
             let mut tx = pool.begin().await?;
@@ -260,10 +265,9 @@ pub async fn seed(db: &Db, plan: SeedPlan) -> Result<(), DbError> {
 pub async fn reset(db: &Db) -> Result<(), DbError> {
     for table in ["holdings", "instruments", "users"] {
         let sql = AssertSqlSafe(format!("DELETE FROM {table}"));
-        match db {
-            Db::Postgres(pool) => sqlx::query(sql).execute(pool).await.map(|_| ())?,
-            Db::Sqlite(pool) => sqlx::query(sql).execute(pool).await.map(|_| ())?,
-        }
+        on_db!(db, pool => {
+            sqlx::query(sql).execute(pool).await?;
+        });
     }
     Ok(())
 }

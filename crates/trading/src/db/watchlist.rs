@@ -2,6 +2,7 @@
 
 use larder::write_behind::Write;
 
+use super::dialect::on_db;
 use super::{Db, DbError};
 use crate::watchlist::Watchlist;
 
@@ -10,30 +11,25 @@ impl Db {
     /// does not exist.
     pub async fn watchlist(&self, user_id: i64) -> Result<Option<Watchlist>, DbError> {
         self.bounded("watchlist", async {
-        // One query: the user, and their watchlist if any.
-        let row: Option<(Option<String>,)> = match self {
-            Db::Postgres(pool) => {
-                sqlx::query_as("SELECT w.symbols FROM users u LEFT JOIN watchlists w ON w.user_id = u.id WHERE u.id = $1")
-                    .bind(user_id)
-                    .fetch_optional(pool)
-                    .await?
-            }
-            Db::Sqlite(pool) => {
-                sqlx::query_as("SELECT w.symbols FROM users u LEFT JOIN watchlists w ON w.user_id = u.id WHERE u.id = ?1")
-                    .bind(user_id)
-                    .fetch_optional(pool)
-                    .await?
-            }
-        };
-        let Some((symbols,)) = row else {
-            return Ok(None);
-        };
-        let symbols = match symbols {
-            Some(json) => serde_json::from_str(&json)
-                .map_err(|e| DbError::Setup(format!("watchlist {user_id}: {e}")))?,
-            None => Vec::new(),
-        };
-        Ok(Some(Watchlist { user_id, symbols }))
+            // One query: the user, and their watchlist if any.
+            let row: Option<(Option<String>,)> = on_db!(self, pool => {
+                sqlx::query_as(
+                    "SELECT w.symbols FROM users u LEFT JOIN watchlists w ON w.user_id = u.id
+                      WHERE u.id = $1",
+                )
+                .bind(user_id)
+                .fetch_optional(pool)
+                .await?
+            });
+            let Some((symbols,)) = row else {
+                return Ok(None);
+            };
+            let symbols = match symbols {
+                Some(json) => serde_json::from_str(&json)
+                    .map_err(|e| DbError::Setup(format!("watchlist {user_id}: {e}")))?,
+                None => Vec::new(),
+            };
+            Ok(Some(Watchlist { user_id, symbols }))
         })
         .await
     }
@@ -53,6 +49,8 @@ impl Db {
             .iter()
             .map(|w| w.version.min(i64::MAX as u64) as i64)
             .collect();
+        // The batch as three array parameters, or, SQLite having no arrays,
+        // as multi-row VALUES; and each database's own clock.
         match self {
             Db::Postgres(pool) => {
                 sqlx::query(
