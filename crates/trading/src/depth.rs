@@ -3,32 +3,38 @@
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// Levels shown on each side.
 pub const LEVELS: usize = 5;
 
 /// One price level: how many shares are bid or offered at `price`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Level {
     /// Price of the level.
+    #[schema(value_type = crate::schema::Decimal)]
     pub price: Decimal,
     /// Shares at that price.
+    #[schema(minimum = 0)]
     pub qty: i64,
 }
 
 /// Bids (best, highest first) and asks (best, lowest first).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Book {
-    /// Buyers, highest price first.
+    /// Buyers, highest price first (at most 5 levels).
+    #[schema(max_items = 5)]
     pub bids: Vec<Level>,
-    /// Sellers, lowest price first.
+    /// Sellers, lowest price first (at most 5 levels).
+    #[schema(max_items = 5)]
     pub asks: Vec<Level>,
 }
 
 /// `GET /api/stocks/{symbol}/depth`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Depth {
     /// Ticker symbol.
+    #[schema(value_type = crate::schema::Symbol)]
     pub symbol: String,
     /// The book.
     #[serde(flatten)]

@@ -21,6 +21,7 @@ pub mod order;
 pub mod portfolio;
 pub mod price;
 pub mod profile;
+pub mod schema;
 pub mod session;
 pub mod settings;
 pub mod stream;

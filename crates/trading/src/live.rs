@@ -17,27 +17,32 @@ use tokio::task::JoinHandle;
 
 use crate::app::AppState;
 
-/// Samples kept (one per second).
+/// Samples kept (one per [`INTERVAL`]).
 pub const KEEP: usize = 120;
+
+/// Time between two samples.
+pub const INTERVAL: Duration = Duration::from_secs(1);
 
 /// Every database query, counted by `Db::bounded` (and the `/metrics`
 /// counter beside it).
 pub static DB_QUERIES: AtomicU64 = AtomicU64::new(0);
 
 /// One second of the service.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = StatsPoint)]
 pub struct Point {
     /// Unix milliseconds at the end of the second.
     pub t: u64,
     /// Requests answered.
     pub requests_per_sec: f64,
-    /// Median latency; `None` without requests.
+    /// Median latency (`null` without requests).
     pub p50_ms: Option<f64>,
     /// 99th percentile latency.
     pub p99_ms: Option<f64>,
     /// Database queries.
     pub db_queries_per_sec: f64,
-    /// Per family: share of lookups answered without the loader.
+    /// Per family: share of lookups answered without the loader, from 0
+    /// to 1 (`null` when the family served no reads).
     pub hit_rate: BTreeMap<String, Option<f64>>,
     /// `none`, `closed`, `open` or `half_open`.
     pub breaker: &'static str,
@@ -103,7 +108,7 @@ pub fn redis_state(app: &AppState) -> &'static str {
 /// Starts the once-a-second sampler; it stops when the handle is dropped.
 pub fn spawn(app: AppState) -> Sampler {
     Sampler(tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut tick = tokio::time::interval(INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_db = DB_QUERIES.load(Relaxed);
         let mut last_families: Vec<(String, FamilyStats)> = app.family_stats();

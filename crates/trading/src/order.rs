@@ -3,12 +3,13 @@
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// Largest quantity one order may ask for.
 pub const MAX_QTY: i64 = 1_000_000;
 
 /// Buy or sell.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Side {
     /// Pay cash, get shares.
@@ -38,14 +39,16 @@ impl Side {
 
 /// `POST /api/orders`: a market order for the caller, executed at once at
 /// the instrument's last price.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrderRequest {
     /// Ticker symbol.
+    #[schema(value_type = crate::schema::Symbol)]
     pub symbol: String,
     /// Buy or sell.
     pub side: Side,
-    /// Shares, 1 to [`MAX_QTY`].
+    /// Shares: 1 to 1,000,000 (`MAX_QTY`).
+    #[schema(minimum = 1, maximum = 1_000_000)]
     #[serde(deserialize_with = "whole_number")]
     pub qty: i64,
 }
@@ -80,42 +83,52 @@ impl OrderRequest {
 }
 
 /// One executed trade.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Trade {
     /// The trade's id (increasing).
     pub trade_id: i64,
     /// Ticker symbol.
+    #[schema(value_type = crate::schema::Symbol)]
     pub symbol: String,
     /// Buy or sell.
     pub side: Side,
     /// Shares.
+    #[schema(minimum = 1)]
     pub qty: i64,
     /// Price per share it executed at.
+    #[schema(value_type = crate::schema::Decimal)]
     pub price: Decimal,
     /// `qty * price`: what the balance paid or received.
+    #[schema(value_type = crate::schema::Decimal)]
     pub amount: Decimal,
     /// When, RFC 3339.
+    #[schema(value_type = crate::schema::Timestamp)]
     pub executed_at: String,
 }
 
 /// The answer to an executed order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(as = Order)]
 pub struct Receipt {
     /// Whose order.
+    #[schema(value_type = crate::schema::UserId)]
     pub user_id: i64,
     /// The trade it made.
     #[serde(flatten)]
     pub trade: Trade,
     /// The cash balance after it.
+    #[schema(value_type = crate::schema::Decimal)]
     pub balance: Decimal,
 }
 
 /// `GET /api/users/{id}/balance`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Balance {
     /// Whose.
+    #[schema(value_type = crate::schema::UserId)]
     pub user_id: i64,
     /// Cash available.
+    #[schema(value_type = crate::schema::Decimal)]
     pub balance: Decimal,
 }
 

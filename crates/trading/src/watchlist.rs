@@ -1,24 +1,28 @@
 //! A user's watchlist: cache-aside five minutes, written behind.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// Most symbols one watchlist holds.
 pub const MAX_SYMBOLS: usize = 50;
 
 /// What `GET /api/users/{id}/watchlist` returns.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Watchlist {
     /// The user.
+    #[schema(value_type = crate::schema::UserId)]
     pub user_id: i64,
     /// Ticker symbols, in the user's order.
+    #[schema(value_type = Vec<crate::schema::Symbol>, max_items = 50)]
     pub symbols: Vec<String>,
 }
 
 /// The body of `PUT /api/users/{id}/watchlist`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WatchlistUpdate {
-    /// The new list of symbols.
+    /// The new list: at most 50 distinct ticker symbols, in order.
+    #[schema(value_type = Vec<crate::schema::Symbol>, max_items = 50)]
     pub symbols: Vec<String>,
 }
 

@@ -11,9 +11,13 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{ActingFor, Caller};
-use super::error::ApiError;
+use super::error::{
+    ApiError, BadRequest, Forbidden, InternalError, NotFound, PayloadTooLarge, TooManyRequests,
+    Unauthorized, Unavailable,
+};
 use super::extract::JsonBody;
 use crate::app::AppState;
 use crate::db::OrderOutcome;
@@ -28,6 +32,28 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// Executes a market order for the caller.
+#[utoipa::path(
+    post,
+    path = "/api/orders",
+    tag = "orders",
+    operation_id = "placeOrder",
+    summary = "Place a market order",
+    description = "Buys or sells at the instrument's last price, for the session's user, in one database transaction (cash balance, holdings and the trade record). Never cached. The service token has no user of its own: it is answered with `403`.",
+    security(("bearerAuth" = [])),
+    request_body = OrderRequest,
+    responses(
+        (status = 201, description = "The executed order.", body = Receipt),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, description = "No such instrument.", body = super::error::ErrorBody),
+        (status = 413, response = PayloadTooLarge),
+        (status = 422, description = "Insufficient funds (buy) or insufficient holdings (sell).", body = super::error::ErrorBody),
+        (status = 429, response = TooManyRequests),
+        (status = 500, response = InternalError),
+        (status = 503, response = Unavailable),
+    ),
+)]
 async fn place(
     State(app): State<AppState>,
     caller: Caller,
@@ -78,6 +104,26 @@ async fn place(
 }
 
 /// The cash balance, from the database.
+#[utoipa::path(
+    get,
+    path = "/api/users/{id}/balance",
+    tag = "users",
+    operation_id = "getBalance",
+    summary = "Get a user's cash balance",
+    description = "Never cached: always read from the database (the article's \"never cache\" data).",
+    security(("bearerAuth" = [])),
+    params(("id" = crate::schema::UserId, Path, description = "The user id: a positive 64-bit integer (anything else is a 400).")),
+    responses(
+        (status = 200, description = "The balance.", body = Balance),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 429, response = TooManyRequests),
+        (status = 500, response = InternalError),
+        (status = 503, response = Unavailable),
+    ),
+)]
 async fn balance(
     State(app): State<AppState>,
     ActingFor(id): ActingFor,
@@ -93,19 +139,46 @@ async fn balance(
     }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct TradesQuery {
+    /// How many trades to return: 1 to 500 (anything else is a 400).
+    #[param(minimum = 1, maximum = 500, default = 50)]
     limit: Option<i64>,
 }
 
-#[derive(Debug, Serialize)]
-struct Trades {
+/// A user's trades, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct Trades {
+    #[schema(value_type = crate::schema::UserId)]
     user_id: i64,
+    /// At most `limit` (500).
+    #[schema(max_items = 500)]
     trades: Vec<Trade>,
 }
 
 /// The latest trades, newest first, from the database.
+#[utoipa::path(
+    get,
+    path = "/api/users/{id}/trades",
+    tag = "users",
+    operation_id = "listTrades",
+    summary = "List a user's trades",
+    description = "The user's trades, newest first. Never cached: always read from the database.",
+    security(("bearerAuth" = [])),
+    params(("id" = crate::schema::UserId, Path, description = "The user id: a positive 64-bit integer (anything else is a 400)."), TradesQuery),
+    responses(
+        (status = 200, description = "The trades.", body = Trades),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 429, response = TooManyRequests),
+        (status = 500, response = InternalError),
+        (status = 503, response = Unavailable),
+    ),
+)]
 async fn trades(
     State(app): State<AppState>,
     ActingFor(id): ActingFor,

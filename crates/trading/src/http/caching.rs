@@ -12,15 +12,22 @@
 //! - API responses that set nothing are `no-store` ([`no_store_unless_set`]):
 //!   orders, balance and trades, errors, the session endpoints.
 
+use std::collections::BTreeMap;
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use axum::body::Bytes;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use larder::Rendered;
 use larder::render::{if_none_match, strong_etag};
+use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn};
+use utoipa::openapi::{
+    Content, ObjectBuilder, Ref, RefOr, Required, Response as DocResponse, ResponseBuilder, Type,
+};
+use utoipa::{IntoParams, IntoResponses, ToSchema};
 
 /// The request's `If-None-Match` header (absent: nothing matches). Never
 /// rejects the request.
@@ -43,6 +50,24 @@ impl IfNoneMatch {
         self.0
             .as_ref()
             .is_some_and(|h| if_none_match(h.as_bytes(), etag))
+    }
+}
+
+/// In the OpenAPI document: the optional `If-None-Match` header of every
+/// cached read.
+impl IntoParams for IfNoneMatch {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        vec![
+            ParameterBuilder::new()
+                .name("If-None-Match")
+                .parameter_in(ParameterIn::Header)
+                .required(Required::False)
+                .description(Some(
+                    "ETags the client holds (RFC 9110 §13.1.2): a current one, or `*`, is answered 304 with no body.",
+                ))
+                .schema(Some(ObjectBuilder::new().schema_type(Type::String).build()))
+                .build(),
+        ]
     }
 }
 
@@ -83,6 +108,38 @@ impl<T> CachedJson<T> {
             audience: Audience::Public,
             if_none_match,
         }
+    }
+}
+
+/// In the OpenAPI document: what every cached read answers, the body with
+/// its validators (200) or the validators alone (304). The headers refer to
+/// `#/components/headers`, which `http::openapi` fills in.
+impl<T: ToSchema> IntoResponses for CachedJson<T> {
+    fn responses() -> BTreeMap<String, RefOr<DocResponse>> {
+        let with_validators = |response: ResponseBuilder| {
+            response
+                .header_ref("ETag", Ref::new("#/components/headers/ETag"))
+                .header_ref(
+                    "Cache-Control",
+                    Ref::new("#/components/headers/CacheControl"),
+                )
+        };
+        let ok = with_validators(ResponseBuilder::new().description(format!(
+            "The {}, from the cache (or the database on a miss).",
+            T::name()
+        )))
+        .content(
+            "application/json",
+            Content::new(Some(Ref::from_schema_name(T::name()))),
+        );
+        let not_modified = with_validators(
+            ResponseBuilder::new()
+                .description("Not Modified: the client's ETag is current. No body."),
+        );
+        BTreeMap::from([
+            ("200".to_owned(), RefOr::T(ok.build())),
+            ("304".to_owned(), RefOr::T(not_modified.build())),
+        ])
     }
 }
 
@@ -137,16 +194,17 @@ impl<T> IntoResponse for CachedJson<T> {
 /// A file built into the binary, served with an ETag and revalidated on
 /// every use (`no-cache`): the dashboard, the OpenAPI document.
 pub struct StaticFile {
-    body: &'static str,
+    body: Bytes,
     etag: HeaderValue,
     content_type: &'static str,
 }
 
 impl StaticFile {
     /// Hashes `body` once.
-    pub fn new(body: &'static str, content_type: &'static str) -> StaticFile {
-        let etag = HeaderValue::try_from(strong_etag(body.as_bytes()))
-            .unwrap_or(HeaderValue::from_static("\"\""));
+    pub fn new(body: impl Into<Bytes>, content_type: &'static str) -> StaticFile {
+        let body = body.into();
+        let etag =
+            HeaderValue::try_from(strong_etag(&body)).unwrap_or(HeaderValue::from_static("\"\""));
         StaticFile {
             body,
             etag,
@@ -159,7 +217,7 @@ impl StaticFile {
         let mut response = if if_none_match.matches(self.etag.as_bytes()) {
             StatusCode::NOT_MODIFIED.into_response()
         } else {
-            let mut r = self.body.into_response();
+            let mut r = self.body.clone().into_response();
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static(self.content_type),
@@ -181,13 +239,10 @@ pub static DASHBOARD: LazyLock<StaticFile> = LazyLock::new(|| {
     )
 });
 
-/// The OpenAPI document (crates/trading/static/openapi.json).
-pub static OPENAPI: LazyLock<StaticFile> = LazyLock::new(|| {
-    StaticFile::new(
-        include_str!("../../static/openapi.json"),
-        "application/json",
-    )
-});
+/// The OpenAPI document, generated from the handlers once (see
+/// `http::openapi`).
+pub static OPENAPI: LazyLock<StaticFile> =
+    LazyLock::new(|| StaticFile::new(super::openapi::document(), "application/json"));
 
 /// `Cache-Control: no-store` unless the response says otherwise: what the
 /// front middleware does to every `/api/` answer. What the article says

@@ -7,9 +7,19 @@
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::openapi::{Content, HeaderBuilder, ObjectBuilder, Ref, RefOr, ResponseBuilder, Type};
+use utoipa::{ToResponse, ToSchema};
 
 use crate::db::DbError;
+
+/// The body of every error response.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Error, examples(json!({"error": "user 42 not found"})))]
+pub struct ErrorBody {
+    /// What went wrong (never internal details).
+    pub error: String,
+}
 
 /// What a handler returns on failure.
 #[derive(Debug, thiserror::Error)]
@@ -78,8 +88,13 @@ impl IntoResponse for ApiError {
             }
             _ => {}
         }
-        let mut response =
-            (self.status(), Json(json!({ "error": self.to_string() }))).into_response();
+        let mut response = (
+            self.status(),
+            Json(ErrorBody {
+                error: self.to_string(),
+            }),
+        )
+            .into_response();
         let headers = response.headers_mut();
         match &self {
             ApiError::TooManyRequests(secs) => {
@@ -125,4 +140,68 @@ impl From<larder::Error> for ApiError {
             other => ApiError::Internal(other.into()),
         }
     }
+}
+
+/// An error status as the OpenAPI document shows it: the [`ErrorBody`] and
+/// what the status means here, a reusable response in
+/// `#/components/responses` that operations refer to by name.
+fn error_response(description: &str) -> ResponseBuilder {
+    ResponseBuilder::new().description(description).content(
+        "application/json",
+        Content::new(Some(Ref::from_schema_name("Error"))),
+    )
+}
+
+/// Declares the reusable error responses, one unit type each, listed in
+/// `http::openapi` and named in each operation's `responses(...)`.
+macro_rules! error_responses {
+    ($($(#[$doc:meta])* $name:ident => $response:expr;)*) => {$(
+        $(#[$doc])*
+        pub struct $name;
+
+        impl<'r> ToResponse<'r> for $name {
+            fn response() -> (&'r str, RefOr<utoipa::openapi::Response>) {
+                (stringify!($name), RefOr::T($response.build()))
+            }
+        }
+    )*};
+}
+
+error_responses! {
+    /// 400: [`ApiError::BadRequest`].
+    BadRequest => error_response(
+        "Malformed request: a bad path parameter, malformed JSON, a missing, mistyped or unknown field, or a value out of range.",
+    );
+    /// 401: [`ApiError::Unauthorized`].
+    Unauthorized => error_response(
+        "No valid session: the bearer token is missing, unknown or expired.",
+    )
+    .header(
+        "WWW-Authenticate",
+        HeaderBuilder::new()
+            .schema(Some(ObjectBuilder::new().schema_type(Type::String).build()))
+            .description(Some("`Bearer`."))
+            .build(),
+    );
+    /// 403: [`ApiError::Forbidden`].
+    Forbidden => error_response(
+        "The session is valid but may not act for this user (or the service token was used where only a session will do).",
+    );
+    /// 404: [`ApiError::NotFound`].
+    NotFound => error_response("No such user or instrument.");
+    /// 409: [`ApiError::Conflict`].
+    Conflict => error_response("The write conflicts with existing data (e.g. an email already in use).");
+    /// 413: [`ApiError::PayloadTooLarge`].
+    PayloadTooLarge => error_response("The request body is over 64 KiB.");
+    /// 429: [`ApiError::TooManyRequests`].
+    TooManyRequests => error_response(
+        "Rate limited (per client IP and per session; logging in is limited more tightly): retry after `Retry-After` seconds.",
+    )
+    .header_ref("Retry-After", Ref::new("#/components/headers/RetryAfter"));
+    /// 503: [`ApiError::Unavailable`], and requests over the deadline.
+    Unavailable => error_response(
+        "A dependency (the database, or Redis for a write that needs it) is unavailable, or the request timed out: retry later.",
+    );
+    /// 500: [`ApiError::Internal`].
+    InternalError => error_response("Internal error (details are logged, never sent).");
 }

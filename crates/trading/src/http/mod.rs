@@ -5,6 +5,7 @@ pub mod auth;
 pub mod caching;
 pub mod error;
 pub mod extract;
+mod openapi;
 mod ops;
 mod portfolio;
 mod price;

@@ -7,7 +7,10 @@ use axum::{Json, Router};
 
 use super::auth::ActingFor;
 use super::caching::{CachedJson, IfNoneMatch};
-use super::error::ApiError;
+use super::error::{
+    ApiError, BadRequest, Conflict, Forbidden, InternalError, NotFound, PayloadTooLarge,
+    TooManyRequests, Unauthorized, Unavailable,
+};
 use super::extract::JsonBody;
 use crate::app::AppState;
 use crate::profile::{Profile, ProfileUpdate};
@@ -18,6 +21,26 @@ pub fn routes() -> Router<AppState> {
 
 /// The user's profile, from the cache or the database (private; a 304
 /// when the client holds the current one).
+#[utoipa::path(
+    get,
+    path = "/api/users/{id}/profile",
+    tag = "users",
+    operation_id = "getProfile",
+    summary = "Get a user's profile",
+    description = "The user's name and email. Cached: cache-aside, 1 h; a `PUT` deletes the cached copy.",
+    security(("bearerAuth" = [])),
+    params(("id" = crate::schema::UserId, Path, description = "The user id: a positive 64-bit integer (anything else is a 400)."), IfNoneMatch),
+    responses(
+        CachedJson<Profile>,
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 429, response = TooManyRequests),
+        (status = 500, response = InternalError),
+        (status = 503, response = Unavailable),
+    ),
+)]
 async fn profile(
     State(app): State<AppState>,
     ActingFor(id): ActingFor,
@@ -36,6 +59,29 @@ async fn profile(
 /// user's tag, so that every process drops its portfolio, watchlist and
 /// profile copies (the article's "delete on write" and pattern
 /// invalidation, without the pattern).
+#[utoipa::path(
+    put,
+    path = "/api/users/{id}/profile",
+    tag = "users",
+    operation_id = "putProfile",
+    summary = "Update a user's profile",
+    description = "Writes the database, then deletes the cached profile and invalidates everything cached for the user (in every instance).",
+    security(("bearerAuth" = [])),
+    params(("id" = crate::schema::UserId, Path, description = "The user id: a positive 64-bit integer (anything else is a 400).")),
+    request_body = ProfileUpdate,
+    responses(
+        (status = 200, description = "The updated profile.", body = Profile),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 413, response = PayloadTooLarge),
+        (status = 429, response = TooManyRequests),
+        (status = 500, response = InternalError),
+        (status = 503, response = Unavailable),
+    ),
+)]
 async fn update(
     State(app): State<AppState>,
     ActingFor(id): ActingFor,

@@ -7,9 +7,13 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::auth::Caller;
-use super::error::ApiError;
+use super::error::{
+    ApiError, BadRequest, Forbidden, InternalError, PayloadTooLarge, TooManyRequests, Unauthorized,
+    Unavailable,
+};
 use super::extract::JsonBody;
 use crate::app::AppState;
 use crate::db::DbError;
@@ -22,29 +26,61 @@ pub fn routes() -> Router<AppState> {
         .route("/api/sessions/me", get(me).delete(logout))
 }
 
-/// Login credentials.
-#[derive(Debug, Deserialize)]
+/// The body of `POST /api/sessions`.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Credentials {
+#[schema(as = LoginRequest)]
+pub(super) struct Credentials {
     email: String,
+    #[schema(format = Password)]
     password: String,
 }
 
 /// A new session.
-#[derive(Debug, Serialize)]
-struct Created {
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Session)]
+pub(super) struct Created {
+    /// The bearer token: 64 hex characters.
+    #[schema(pattern = "^[0-9a-fA-F]{64}$")]
     token: String,
+    #[schema(value_type = crate::schema::UserId)]
     user_id: i64,
+    /// When the session expires unless used.
+    #[schema(value_type = crate::schema::Timestamp)]
     expires_at: String,
 }
 
 /// The caller's session.
-#[derive(Debug, Serialize)]
-struct Me {
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = SessionInfo)]
+pub(super) struct Me {
+    #[schema(value_type = crate::schema::UserId)]
     user_id: i64,
+    /// When the session expires unless used; each use slides it to 30
+    /// minutes from now (at most once a minute).
+    #[schema(value_type = crate::schema::Timestamp)]
     expires_at: String,
 }
 
+/// Logs in.
+#[utoipa::path(
+    post,
+    path = "/api/sessions",
+    tag = "sessions",
+    operation_id = "createSession",
+    summary = "Log in",
+    description = "Checks the credentials and opens a session; its token goes in `Authorization: Bearer <token>`. Sessions are cached write-through with a sliding 30-minute expiry. Login attempts are rate limited more tightly than other requests.",
+    request_body = Credentials,
+    responses(
+        (status = 201, description = "The new session.", body = Created),
+        (status = 400, response = BadRequest),
+        (status = 401, description = "Wrong email or password.", body = super::error::ErrorBody),
+        (status = 413, response = PayloadTooLarge),
+        (status = 429, response = TooManyRequests),
+        (status = 500, response = InternalError),
+        (status = 503, response = Unavailable),
+    ),
+)]
 async fn login(
     State(app): State<AppState>,
     JsonBody(creds): JsonBody<Credentials>,
@@ -104,6 +140,24 @@ async fn login(
     ))
 }
 
+/// The caller's session.
+#[utoipa::path(
+    get,
+    path = "/api/sessions/me",
+    tag = "sessions",
+    operation_id = "getSession",
+    summary = "Get the current session",
+    description = "The session of the bearer token. Sliding expiry: each use of a session extends it to 30 minutes from now (at most once a minute). The service token has no session: `403`.",
+    security(("bearerAuth" = [])),
+    responses(
+        (status = 200, description = "The session.", body = Me),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 429, response = TooManyRequests),
+        (status = 500, response = InternalError),
+        (status = 503, response = Unavailable),
+    ),
+)]
 async fn me(State(app): State<AppState>, caller: Caller) -> Result<Json<Me>, ApiError> {
     let Caller::User { token_hash, .. } = caller else {
         // The service token acts for users; it is not a session.
@@ -122,6 +176,23 @@ async fn me(State(app): State<AppState>, caller: Caller) -> Result<Json<Me>, Api
 
 /// Deletes the row, then the cached copy in every process: after this
 /// returns, the token is refused everywhere.
+#[utoipa::path(
+    delete,
+    path = "/api/sessions/me",
+    tag = "sessions",
+    operation_id = "deleteSession",
+    summary = "Log out",
+    description = "Ends the session of the bearer token, in every instance. The service token has no session: `403`.",
+    security(("bearerAuth" = [])),
+    responses(
+        (status = 204, description = "The session is ended."),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 429, response = TooManyRequests),
+        (status = 500, response = InternalError),
+        (status = 503, response = Unavailable),
+    ),
+)]
 async fn logout(State(app): State<AppState>, caller: Caller) -> Result<StatusCode, ApiError> {
     let Caller::User { token_hash, .. } = caller else {
         // The service token acts for users; it is not a session.

@@ -20,7 +20,7 @@ use axum::routing::get;
 use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 
-use super::error::ApiError;
+use super::error::{ApiError, BadRequest, TooManyRequests, Unavailable};
 use crate::app::AppState;
 use crate::stream::{Slot, Tick};
 
@@ -40,6 +40,30 @@ struct StreamQuery {
     symbols: String,
 }
 
+/// Opens the price stream: the snapshot, then every update.
+#[utoipa::path(
+    get,
+    path = "/ws/prices",
+    tag = "stocks",
+    operation_id = "streamPrices",
+    summary = "Stream prices (WebSocket)",
+    description = "A WebSocket upgrade (`Connection: Upgrade`, `Upgrade: websocket`). Once open, the server first sends the current price of each asked symbol that exists (in symbol order), then pushes a text message for each price update of the asked symbols, each a JSON `Price` object `{\"symbol\", \"price\", \"version\"}`. A client that does not keep up with the stream is disconnected.",
+    params(
+        ("symbols" = String, Query, description = "Comma-separated ticker symbols, up to 50 (e.g. `AAA,BBB`).",
+            pattern = r"^ *[A-Z0-9.&-]{1,20} *(, *[A-Z0-9.&-]{1,20} *){0,49}$", example = "AAPL,MSFT"),
+        ("Upgrade" = String, Header, description = "`websocket`: the WebSocket upgrade (RFC 6455)."),
+        ("Connection" = String, Header, description = "`Upgrade`: the WebSocket upgrade (RFC 6455)."),
+        ("Sec-WebSocket-Version" = String, Header, description = "WebSocket protocol version: `13`."),
+        ("Sec-WebSocket-Key" = String, Header, description = "16 random bytes, base64 (RFC 6455 §4.1).",
+            pattern = "^[A-Za-z0-9+/]{22}==$"),
+    ),
+    responses(
+        (status = 101, description = "Switching protocols: the WebSocket is open; each server message is a JSON text message shaped like `#/components/schemas/Price`."),
+        (status = 400, response = BadRequest),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = Unavailable),
+    ),
+)]
 async fn prices(
     State(app): State<AppState>,
     query: Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
