@@ -181,7 +181,7 @@ impl ChangeListener {
 
     /// Stops the listener and drops its replication slot, for a service
     /// being retired: PostgreSQL would otherwise keep WAL for it forever.
-    /// Fails if another process holds the slot.
+    /// Fails if another process still holds the slot after 10 seconds.
     pub async fn drop_slot(self) -> Result<(), Error> {
         let conn = self.conn.clone();
         let slot = self.slot.clone();
@@ -189,11 +189,24 @@ impl ChangeListener {
         let mut client = ReplicationClient::connect_gated(conn.config(&slot, &slot))
             .await
             .map_err(pg_error)?;
-        client
-            .simple_query(&format!("SELECT pg_drop_replication_slot('{slot}')"))
-            .await
-            .map_err(pg_error)?;
-        Ok(())
+        // The server side of our own session may still be exiting after
+        // `stop`: the replication command waits for the slot to be let go
+        // (the SQL function would fail at once), and the bound keeps a slot
+        // that another process holds an error rather than a hang.
+        let release = Duration::from_secs(10);
+        let command = format!("DROP_REPLICATION_SLOT {slot} WAIT");
+        let dropped = client.simple_query(&command);
+        match tokio::time::timeout(release, dropped).await {
+            Ok(result) => {
+                result.map_err(pg_error)?;
+                Ok(())
+            }
+            Err(_) => Err(Error::ChangeStream(format!(
+                "replication slot `{slot}` is still held by another process after {release:?}; \
+                 stop that process (or SELECT pg_terminate_backend(active_pid) FROM \
+                 pg_replication_slots WHERE slot_name = '{slot}') and drop it again"
+            ))),
+        }
     }
 }
 
@@ -292,6 +305,7 @@ impl ChangeListenerBuilder {
             stats: stats_tx,
             stop: stop_rx,
             target: None,
+            clear_owed: false,
             alarmed: false,
         };
         // The first setup runs here, so that a configuration the database
@@ -446,10 +460,7 @@ impl From<PgWireError> for SessionError {
 /// How a setup ended.
 enum Opened {
     /// This process holds the slot: the stream is started.
-    Consumer {
-        client: ReplicationClient,
-        fresh: bool,
-    },
+    Consumer(ReplicationClient),
     /// Another process holds it.
     Standby,
 }
@@ -484,6 +495,12 @@ struct Ctx {
     /// listener wrote at its first setup (everything committed before it
     /// comes before it in the stream).
     target: Option<Lsn>,
+    /// This listener created the slot and has not yet cleared the mapped
+    /// families (a new slot knows nothing of what changed before it). It
+    /// stays owed across sessions until the clear succeeds: a slot that
+    /// exists at the next setup is no longer "fresh", yet the clear that
+    /// failed at the first one (Redis down) is still needed.
+    clear_owed: bool,
     alarmed: bool,
 }
 
@@ -554,7 +571,6 @@ impl Ctx {
                  FROM pg_replication_slots WHERE slot_name = '{slot}'"
             ))
             .await?;
-        let mut fresh = false;
         if slot_rows.is_empty() {
             if !self.create_missing {
                 return Err(SessionError::Fatal(Error::ChangeStream(format!(
@@ -570,7 +586,7 @@ impl Ctx {
             {
                 Ok(_) => {
                     tracing::info!(slot = %slot, "created the replication slot");
-                    fresh = true;
+                    self.clear_owed = true;
                 }
                 // Another instance created it first: its session holds it.
                 Err(e) if e.to_string().contains("already exists") => {
@@ -609,17 +625,17 @@ impl Ctx {
             if self.target.is_none() {
                 self.target = lsn;
             }
-            if fresh {
-                // A new slot starts now: nothing older is to be read.
-                self.update(|s| s.caught_up = true);
-            }
+            // A new slot has nothing older to read: it is caught up once
+            // its mapped families are cleared, which `stream` does first
+            // (saying so here would let a write made in between be
+            // cleared with them).
         }
         if first_text(&slot_rows, 1).is_some() {
             return Err(SessionError::Busy);
         }
         client.start().await?;
         client.wait_started().await?;
-        Ok(Opened::Consumer { client, fresh })
+        Ok(Opened::Consumer(client))
     }
 
     /// Every mapped table exists, has the mapped columns, and sends them on
@@ -755,10 +771,10 @@ impl Ctx {
                 None => self.open().await,
             };
             let pause = match opened {
-                Ok(Opened::Consumer { client, fresh }) => {
+                Ok(Opened::Consumer(client)) => {
                     self.set_consumer(true);
                     self.update(|s| s.sessions += 1);
-                    let ended = self.stream(client, fresh).await;
+                    let ended = self.stream(client).await;
                     self.set_consumer(false);
                     match ended {
                         Ok(Ended::Stopped) => break,
@@ -788,14 +804,10 @@ impl Ctx {
     }
 
     /// Reads the stream until told to stop or the session must be replaced.
-    async fn stream(
-        &mut self,
-        mut client: ReplicationClient,
-        fresh: bool,
-    ) -> Result<Ended, String> {
+    async fn stream(&mut self, mut client: ReplicationClient) -> Result<Ended, String> {
         let shared = std::sync::Arc::clone(&self.cache.shared);
         let mut degraded = false;
-        if fresh {
+        if self.clear_owed {
             // A new slot knows nothing of what changed before it existed:
             // every mapped family goes, once.
             let mut everything = Invalidations::default();
@@ -807,6 +819,8 @@ impl Ctx {
                 let _ = client.shutdown().await;
                 return Err(e.to_string());
             }
+            self.clear_owed = false;
+            self.update(|s| s.caught_up = true);
         }
         let mut relations = Relations::default();
         let mut open: Option<(u32, Invalidations)> = None;
