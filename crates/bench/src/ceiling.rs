@@ -83,26 +83,6 @@ struct Row {
     cpu_us_per_request: f64,
 }
 
-/// CPU time (user + system) a process has used, from `/proc/<pid>/stat`.
-fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which may hold spaces) in parentheses.
-    let after = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .context("malformed /proc/<pid>/stat")?;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 here.
-    let ticks = |i: usize| -> anyhow::Result<u64> {
-        Ok(fields
-            .get(i)
-            .context("short /proc/<pid>/stat")?
-            .parse::<u64>()?)
-    };
-    // USER_HZ is 100 on every Linux /proc exposes to user space.
-    Ok(Duration::from_millis((ticks(11)? + ticks(12)?) * 10))
-}
-
 /// A duration as wrk prints it (`1.23ms`, `456.00us`, `1.02s`), in ms.
 fn wrk_ms(text: &str) -> Option<f64> {
     let (num, unit) = text
@@ -169,9 +149,9 @@ async fn row(
 ) -> anyhow::Result<Row> {
     eprintln!("{label}: warm-up, then {:?}", args.duration);
     wrk(args, url, script, args.duration / 3).await?;
-    let before = cpu_time(pid)?;
+    let before = crate::report::cpu_time(pid)?;
     let (rps, p50, p99, bad) = wrk(args, url, script, args.duration).await?;
-    let cpu = cpu_time(pid)? - before;
+    let cpu = crate::report::cpu_time(pid)? - before;
     let requests = rps * args.duration.as_secs_f64();
     Ok(Row {
         label,

@@ -3,6 +3,7 @@
 use anyhow::Context as _;
 use std::fmt::Write as _;
 use std::path::Path;
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -347,6 +348,26 @@ pub fn save_figures(path: &Path, figures: &serde_json::Value) -> anyhow::Result<
         .with_context(|| format!("writing the figures to {}", path.display()))?;
     println!("\nfigures: {}", path.display());
     Ok(())
+}
+
+/// CPU time (user + system) a process has used, from `/proc/<pid>/stat`.
+pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .context("malformed /proc/<pid>/stat")?;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 here.
+    let ticks = |i: usize| -> anyhow::Result<u64> {
+        Ok(fields
+            .get(i)
+            .context("short /proc/<pid>/stat")?
+            .parse::<u64>()?)
+    };
+    // USER_HZ is 100 on every Linux /proc exposes to user space.
+    Ok(Duration::from_millis((ticks(11)? + ticks(12)?) * 10))
 }
 
 pub fn machine() -> String {
