@@ -14,7 +14,9 @@
 
 use std::any::Any;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use super::clock;
 
 use moka::notification::RemovalCause;
 use moka::sync::Cache as Moka;
@@ -48,9 +50,10 @@ pub(crate) struct EntryData {
     pub value: Option<AnyValue>,
     /// When the entry stops being fresh (`None`: never). Between this and
     /// `expires_at` it is stale: served within the family's grace window.
-    pub fresh_until: Option<Instant>,
+    /// (Nanoseconds on [`clock`]'s timeline.)
+    pub fresh_until: Option<u64>,
     /// When the entry stops being served at all (`None`: only when evicted).
-    pub expires_at: Option<Instant>,
+    pub expires_at: Option<u64>,
     /// How long its load took, in µs (for early refresh).
     pub load_us: u32,
     /// What the entry costs against the byte budget.
@@ -100,12 +103,12 @@ impl L1Entry {
         let rendered = body.as_ref().map_or(0, |b| b.weight());
         let weight =
             (key.len() + encoded_len + rendered + ENTRY_OVERHEAD).min(u32::MAX as usize) as u32;
-        let now = Instant::now();
-        let fresh_until = life.fresh.and_then(|t| now.checked_add(t));
+        let fresh_until = life.fresh.and_then(clock::deadline);
         L1Entry(Arc::new(EntryData {
             value,
             fresh_until,
-            expires_at: fresh_until.and_then(|f| f.checked_add(life.grace)),
+            expires_at: fresh_until
+                .and_then(|f| f.checked_add(u64::try_from(life.grace.as_nanos()).ok()?)),
             load_us,
             weight,
             tags,
@@ -157,12 +160,12 @@ impl MemoryTier {
                 fresh_for: None,
             });
         };
-        let now = Instant::now();
+        let now = clock::coarse_ns();
         if entry.expires_at.is_some_and(|deadline| now >= deadline) {
             return None;
         }
         Some(L1Hit {
-            fresh_for: Some(fresh_until.saturating_duration_since(now)),
+            fresh_for: Some(Duration::from_nanos(fresh_until.saturating_sub(now))),
             entry,
         })
     }
