@@ -5,6 +5,12 @@
 //! `If-None-Match` (304s), and a public price read. Each row: requests/s,
 //! p50/p99, its share of the ceiling, and CPU time per request of the
 //! serving process (from `/proc/<pid>/stat`).
+//!
+//! The rows are measured in rounds, each round running all four in a
+//! rotated order, and every share is taken against the ceiling of its own
+//! round: on a shared VM whose speed drifts by a third within minutes, a
+//! ceiling measured once, first, made the shares of the rows after it
+//! move by as much as the code under test did.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -18,9 +24,14 @@ use crate::service::{self, Service};
 /// Settings of the ceiling scenario.
 #[derive(Debug, Clone, Args)]
 pub struct CeilingArgs {
-    /// Seconds of load per row (after a warm-up of a third of it).
-    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    /// Seconds of load per row and round (after a warm-up: a third of it in
+    /// the first round, 2 s after).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
+    /// Rounds of the four rows; each figure printed is the median of its
+    /// rounds.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rounds: u32,
     /// wrk connections.
     #[arg(long, default_value_t = 64)]
     pub connections: u32,
@@ -75,7 +86,6 @@ pub async fn bare(args: BareArgs) -> anyhow::Result<()> {
 }
 
 struct Row {
-    label: &'static str,
     requests_per_sec: f64,
     p50_ms: f64,
     p99_ms: f64,
@@ -140,21 +150,21 @@ async fn wrk(
 
 /// Load against `url` with `script`: a warm-up, then the measured run with
 /// the CPU time of `pid` around it.
-async fn row(
-    args: &CeilingArgs,
-    label: &'static str,
-    url: &str,
-    script: &Path,
-    pid: u32,
-) -> anyhow::Result<Row> {
+async fn row(args: &CeilingArgs, target: &Target, warm_up: Duration) -> anyhow::Result<Row> {
+    let Target {
+        label,
+        url,
+        script,
+        pid,
+    } = target;
+    let pid = *pid;
     eprintln!("{label}: warm-up, then {:?}", args.duration);
-    wrk(args, url, script, args.duration / 3).await?;
+    wrk(args, url, script, warm_up).await?;
     let before = crate::report::cpu_time(pid)?;
     let (rps, p50, p99, bad) = wrk(args, url, script, args.duration).await?;
     let cpu = crate::report::cpu_time(pid)? - before;
     let requests = rps * args.duration.as_secs_f64();
     Ok(Row {
-        label,
         requests_per_sec: rps,
         p50_ms: p50,
         p99_ms: p99,
@@ -354,92 +364,151 @@ async fn measure(args: &CeilingArgs, svc: &Service, dir: &Path) -> anyhow::Resul
     wait_for(&format!("{bare_url}/"), Duration::from_secs(10)).await?;
     let bare_pid = bare.id().context("the bare server exited")?;
 
-    let mut rows = vec![
-        row(
-            args,
-            "bare handler, same bytes (the ceiling)",
-            &bare_url,
-            &bare_script,
-            bare_pid,
-        )
-        .await?,
+    let targets = [
+        Target {
+            label: "bare handler, same bytes (the ceiling)",
+            url: bare_url,
+            script: bare_script,
+            pid: bare_pid,
+        },
+        Target {
+            label: "portfolio, warm, with a session (L1 hits)",
+            url: base.clone(),
+            script: read_script,
+            pid,
+        },
+        Target {
+            label: "portfolio, If-None-Match (304)",
+            url: base.clone(),
+            script: revalidate_script,
+            pid,
+        },
+        Target {
+            label: "price, public",
+            url: base.clone(),
+            script: price_script,
+            pid,
+        },
     ];
+    // rounds[r][t]: target t in round r.
+    let mut rounds: Vec<Vec<Row>> = Vec::new();
+    for r in 0..args.rounds as usize {
+        eprintln!("round {} of {}", r + 1, args.rounds);
+        let warm_up = if r == 0 {
+            args.duration / 3
+        } else {
+            Duration::from_secs(2)
+        };
+        let mut measured: Vec<Option<Row>> = (0..targets.len()).map(|_| None).collect();
+        // Rotated, so that no row is always the one measured first.
+        for i in 0..targets.len() {
+            let t = (i + r) % targets.len();
+            measured[t] = Some(row(args, &targets[t], warm_up).await?);
+        }
+        rounds.push(measured.into_iter().flatten().collect());
+    }
     let _ = bare.kill().await;
-    rows.push(
-        row(
-            args,
-            "portfolio, warm, with a session (L1 hits)",
-            base,
-            &read_script,
-            pid,
-        )
-        .await?,
-    );
-    rows.push(
-        row(
-            args,
-            "portfolio, If-None-Match (304)",
-            base,
-            &revalidate_script,
-            pid,
-        )
-        .await?,
-    );
-    rows.push(row(args, "price, public", base, &price_script, pid).await?);
 
-    let ceiling = rows[0].requests_per_sec;
     println!(
-        "\nthe HTTP ceiling — wrk -t{} -c{}, {:?} per row, {}-byte body, {} sessions ({})\n",
+        "\nthe HTTP ceiling — wrk -t{} -c{}, {:?} per row, {} round(s), {}-byte body, {} sessions ({})\n",
         args.threads,
         args.connections,
         args.duration,
+        args.rounds,
         body_len,
         args.users,
         crate::report::machine()
     );
+    println!("median of the rounds; share: against the ceiling of the same round (min-max)\n");
     println!(
-        "{:<46}{:>12}{:>10}{:>10}{:>10}{:>12}{:>8}",
+        "{:<46}{:>12}{:>10}{:>10}{:>16}{:>12}{:>8}",
         "", "req/s", "p50", "p99", "ceiling", "CPU/req", "errors"
     );
     let mut figures = Vec::new();
-    for r in &rows {
-        let share = r.requests_per_sec / ceiling * 100.0;
+    let mut bars = Vec::new();
+    for (t, target) in targets.iter().enumerate() {
+        let of =
+            |f: &dyn Fn(&Row) -> f64| -> Vec<f64> { rounds.iter().map(|r| f(&r[t])).collect() };
+        let shares = of(&|row: &Row| row.requests_per_sec);
+        let shares: Vec<f64> = shares
+            .iter()
+            .zip(&rounds)
+            .map(|(rps, round)| rps / round[0].requests_per_sec * 100.0)
+            .collect();
+        let rps = median(of(&|r| r.requests_per_sec));
+        let p50 = median(of(&|r| r.p50_ms));
+        let p99 = median(of(&|r| r.p99_ms));
+        let cpu = median(of(&|r| r.cpu_us_per_request));
+        let errors: u64 = rounds.iter().map(|r| r[t].non_2xx_3xx).sum();
+        let (lo, hi) = shares
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(lo, hi), s| (lo.min(*s), hi.max(*s)));
+        let share = median(shares.clone());
         println!(
-            "{:<46}{:>12.0}{:>8.2}ms{:>8.2}ms{:>9.0}%{:>10.1}us{:>8}",
-            r.label,
-            r.requests_per_sec,
-            r.p50_ms,
-            r.p99_ms,
-            share,
-            r.cpu_us_per_request,
-            r.non_2xx_3xx
+            "{:<46}{:>12.0}{:>8.2}ms{:>8.2}ms{:>5.0}% ({:>3.0}-{:>3.0}){:>10.1}us{:>8}",
+            target.label, rps, p50, p99, share, lo, hi, cpu, errors
         );
         figures.push(json!({
-            "row": r.label,
-            "requests_per_sec": r.requests_per_sec,
-            "p50_ms": r.p50_ms,
-            "p99_ms": r.p99_ms,
+            "row": target.label,
+            "requests_per_sec": rps,
+            "p50_ms": p50,
+            "p99_ms": p99,
             "share_of_ceiling": share / 100.0,
-            "cpu_us_per_request": r.cpu_us_per_request,
-            "non_2xx_3xx": r.non_2xx_3xx,
+            "share_of_ceiling_by_round": shares.iter().map(|s| s / 100.0).collect::<Vec<_>>(),
+            "cpu_us_per_request": cpu,
+            "non_2xx_3xx": errors,
+            "rounds": rounds.iter().map(|r| json!({
+                "requests_per_sec": r[t].requests_per_sec,
+                "p50_ms": r[t].p50_ms,
+                "p99_ms": r[t].p99_ms,
+                "cpu_us_per_request": r[t].cpu_us_per_request,
+            })).collect::<Vec<_>>(),
         }));
+        bars.push((target.label.to_string(), rps));
     }
     let figures = json!({
         "scenario": "HTTP ceiling",
         "machine": crate::report::machine(),
         "wrk": { "threads": args.threads, "connections": args.connections, "seconds": args.duration.as_secs() },
+        "rounds": args.rounds,
         "body_bytes": body_len,
         "rows": figures,
     });
     crate::report::save_figures(&args.json, &figures)?;
-    let bars: Vec<(String, f64)> = rows
-        .iter()
-        .map(|r| (r.label.to_string(), r.requests_per_sec))
-        .collect();
     crate::report::bars_svg(
         &args.json.with_extension("svg"),
-        "The HTTP ceiling: requests/s, wrk, same run",
+        "The HTTP ceiling: requests/s (median of rounds), wrk, same run",
         &bars,
         "req/s",
     )
+}
+
+/// One load target: a row of the table.
+struct Target {
+    label: &'static str,
+    url: String,
+    script: PathBuf,
+    pid: u32,
+}
+
+/// The median (the mean of the middle two for an even count).
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    match xs.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => xs[n / 2],
+        n => (xs[n / 2 - 1] + xs[n / 2]) / 2.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert!(median(Vec::new()).is_nan());
+    }
 }
