@@ -5,6 +5,7 @@ pub mod auth;
 pub mod caching;
 pub mod error;
 pub mod extract;
+pub mod front;
 mod openapi;
 mod ops;
 mod portfolio;
@@ -13,21 +14,14 @@ mod profile;
 pub mod rate_limit;
 mod session;
 mod stream;
-mod track;
 mod watchlist;
 
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
-use axum::middleware;
-use axum::response::IntoResponse;
-use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::timeout::TimeoutLayer;
 
 use crate::app::AppState;
-use error::ApiError;
 
 /// Largest request body accepted.
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -44,17 +38,18 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .merge(stream::routes())
         .merge(ops::routes())
         .fallback(ops::not_found)
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            request_timeout,
-        ))
-        // Enforced by the body extractors, so an oversize body is a JSON 413.
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(CatchPanicLayer::custom(|_| {
-            ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
-        }))
-        // Outermost: rate limits before any handler or extractor, and
-        // timeouts, panics and 429s counted and marked too.
-        .layer(middleware::from_fn_with_state(state.clone(), track::front))
+        // One `layer` call: axum boxes each route's service once per call
+        // (a clone and a boxed future per request and level), so the layers
+        // are stacked here and applied as one.
+        .layer(
+            tower::ServiceBuilder::new()
+                // Outermost: rate limits before any handler or extractor;
+                // the request timeout; panics as 500s; and all of them
+                // counted and marked.
+                .layer(front::FrontLayer::new(state.clone(), request_timeout))
+                // Enforced by the body extractors, so an oversize body is a
+                // JSON 413.
+                .layer(DefaultBodyLimit::max(BODY_LIMIT)),
+        )
         .with_state(state)
 }

@@ -152,7 +152,7 @@ fn retry_after(wait: Duration) -> ApiError {
 }
 
 /// The 429 for `req` if it is over a limit (checked by the front
-/// middleware, `track.rs`, before any handler or extractor: a limited
+/// layer, `front.rs`, before any handler or extractor: a limited
 /// request costs a map lookup, not a session lookup or a query).
 /// Operational endpoints (health, readiness, metrics) are never limited: a
 /// monitor must not be locked out by the traffic it watches.
