@@ -169,30 +169,17 @@ impl<V> Rendered<V> {
 /// assert!(!if_none_match(br#""a""#, br#""b""#));
 /// ```
 pub fn if_none_match(header: &[u8], etag: &[u8]) -> bool {
-    let trim = |s: &[u8]| -> Vec<u8> {
-        let start = s
-            .iter()
-            .position(|b| !b.is_ascii_whitespace())
-            .unwrap_or(s.len());
-        let end = s
-            .iter()
-            .rposition(|b| !b.is_ascii_whitespace())
-            .map_or(start, |e| e + 1);
-        s[start..end].to_vec()
-    };
-    let all = trim(header);
+    // Slices of the header, no copies: this runs on every conditional hit.
+    let all = header.trim_ascii();
     if all == b"*" {
         return true;
     }
-    for candidate in all.split(|b| *b == b',') {
-        let candidate = trim(candidate);
-        let opaque = candidate.strip_prefix(b"W/").unwrap_or(&candidate);
+    all.split(|b| *b == b',').any(|candidate| {
+        let candidate = candidate.trim_ascii();
+        let opaque = candidate.strip_prefix(b"W/").unwrap_or(candidate);
         let quoted = opaque.len() >= 2 && opaque[0] == b'"' && opaque[opaque.len() - 1] == b'"';
-        if quoted && opaque == etag {
-            return true;
-        }
-    }
-    false
+        quoted && opaque == etag
+    })
 }
 
 #[cfg(test)]
