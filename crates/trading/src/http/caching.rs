@@ -143,13 +143,43 @@ impl<T: ToSchema> IntoResponses for CachedJson<T> {
     }
 }
 
+/// `max-age` values up to this many seconds are formatted once per thread
+/// and reused ([`cache_control`]); longer ones, rare, each time.
+const MEMO_SECS: usize = 3600;
+
+thread_local! {
+    /// The `Cache-Control` values already made on this thread, by audience
+    /// and seconds. A hit's header is then a reference count, not a
+    /// `format!` and a copy: hot entries share a handful of values.
+    static CONTROLS: std::cell::RefCell<[Vec<Option<HeaderValue>>; 2]> =
+        const { std::cell::RefCell::new([Vec::new(), Vec::new()]) };
+}
+
 /// `private, max-age=N` (or `public`), N in whole seconds left.
 fn cache_control(audience: Audience, fresh_for: Duration) -> HeaderValue {
+    let secs = fresh_for.min(MAX_AGE_CAP).as_secs();
+    let Ok(slot) = usize::try_from(secs) else {
+        return format_cache_control(audience, secs);
+    };
+    if slot > MEMO_SECS {
+        return format_cache_control(audience, secs);
+    }
+    CONTROLS.with_borrow_mut(|memo| {
+        let by_secs = &mut memo[audience as usize];
+        if by_secs.len() <= slot {
+            by_secs.resize(slot + 1, None);
+        }
+        by_secs[slot]
+            .get_or_insert_with(|| format_cache_control(audience, secs))
+            .clone()
+    })
+}
+
+fn format_cache_control(audience: Audience, secs: u64) -> HeaderValue {
     let scope = match audience {
         Audience::Private => "private",
         Audience::Public => "public",
     };
-    let secs = fresh_for.min(MAX_AGE_CAP).as_secs();
     // Digits and ASCII only: always a valid header value.
     HeaderValue::try_from(format!("{scope}, max-age={secs}"))
         .unwrap_or(HeaderValue::from_static("no-cache"))
@@ -274,5 +304,18 @@ mod tests {
             cache_control(Audience::Public, Duration::ZERO),
             "public, max-age=0"
         );
+        // Memoized per thread: asked again, the same answers.
+        for _ in 0..2 {
+            for secs in [0, 1, 59, 3599, 3600, 3601, 86_400] {
+                for (audience, scope) in
+                    [(Audience::Private, "private"), (Audience::Public, "public")]
+                {
+                    assert_eq!(
+                        cache_control(audience, Duration::from_secs(secs)),
+                        format!("{scope}, max-age={secs}").as_str()
+                    );
+                }
+            }
+        }
     }
 }
