@@ -60,7 +60,7 @@ pub struct Shared {
     /// `stock:{symbol}:depth`, written through.
     pub depths: Family<String, Depth>,
     /// `session:{token_hash}`, written through, sliding expiry.
-    pub sessions: Family<String, Session>,
+    pub sessions: Family<crate::session::TokenHash, Session>,
     /// A bearer token that may act for any user (`None`: no such token).
     pub service_token: Option<Arc<str>>,
     /// Rate limits per IP, per session, for logins.
@@ -183,12 +183,15 @@ impl AppState {
 
     /// A session by token hash, from the cache or the database (`None`:
     /// unknown or expired).
-    pub async fn session(&self, token_hash: &str) -> Result<Option<Arc<Session>>, ApiError> {
+    pub async fn session(
+        &self,
+        token_hash: &crate::session::TokenHash,
+    ) -> Result<Option<Arc<Session>>, ApiError> {
         let db = self.db.clone();
-        let hash = token_hash.to_string();
+        let hash = *token_hash;
         Ok(self
             .sessions
-            .get_or_load(&token_hash.to_string(), move || async move {
+            .get_or_load(token_hash, move || async move {
                 db.session(&hash, crate::session::now_ms()).await
             })
             .await?)

@@ -60,9 +60,58 @@ pub fn new_token() -> String {
     hex(&bytes)
 }
 
-/// What the database and cache know a token by.
-pub fn token_hash(token: &str) -> String {
-    hex(&Sha256::digest(token.as_bytes()))
+/// What the database and cache know a token by: the SHA-256 of the token,
+/// as 64 lowercase hex digits.
+pub fn token_hash(token: &str) -> TokenHash {
+    let digest = Sha256::digest(token.as_bytes());
+    let mut hex = [0u8; 64];
+    for (pair, b) in hex.chunks_exact_mut(2).zip(digest) {
+        pair[0] = HEX_DIGITS[usize::from(b >> 4)];
+        pair[1] = HEX_DIGITS[usize::from(b & 0xf)];
+    }
+    TokenHash(hex)
+}
+
+/// A token's hash ([`token_hash`]), held inline: every authenticated
+/// request computes one, and a `Copy` value moves into the session cache's
+/// loader and the caller without an allocation. Reads as a `&str`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TokenHash([u8; 64]);
+
+impl TokenHash {
+    /// The 64 hex digits.
+    pub fn as_str(&self) -> &str {
+        // Only `token_hash` builds one, from ASCII hex digits.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl std::ops::Deref for TokenHash {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Display for TokenHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Not the digits: a hash in a log line is as good as the token for
+/// finding the session row.
+impl std::fmt::Debug for TokenHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TokenHash({}…)", &self.as_str()[..8])
+    }
+}
+
+/// The session family's key: `session:{token_hash}`.
+impl larder::key::KeyPart for TokenHash {
+    fn write_part(&self, w: &mut larder::key::PartWriter<'_>) {
+        w.text(self.as_str())
+    }
 }
 
 /// Compares two secrets in time independent of where they first differ.
@@ -73,12 +122,13 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+
 fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
     for b in bytes {
-        out.push(DIGITS[(b >> 4) as usize] as char);
-        out.push(DIGITS[(b & 0xf) as usize] as char);
+        out.push(HEX_DIGITS[usize::from(b >> 4)] as char);
+        out.push(HEX_DIGITS[usize::from(b & 0xf)] as char);
     }
     out
 }
@@ -129,8 +179,15 @@ mod tests {
         assert_ne!(a, b);
         assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
         assert_eq!(token_hash(&a), token_hash(&a));
-        assert_ne!(token_hash(&a), a);
+        assert_ne!(token_hash(&a).as_str(), a);
+        assert_ne!(token_hash(&a), token_hash(&b));
         assert_eq!(token_hash(&a).len(), 64);
+        // The SHA-256 of "abc", the FIPS 180-2 example.
+        assert_eq!(
+            token_hash("abc").as_str(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(hex(&[0x0f, 0xa0]), "0fa0");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use axum::http::request::Parts;
 use super::error::ApiError;
 use super::extract::UserId;
 use crate::app::AppState;
-use crate::session::{self, constant_time_eq, now_ms, token_hash};
+use crate::session::{self, TokenHash, constant_time_eq, now_ms, token_hash};
 
 /// An authenticated caller.
 #[derive(Debug, Clone)]
@@ -25,7 +25,7 @@ pub enum Caller {
         /// Whose session.
         user_id: i64,
         /// The token's hash (how logout finds the session).
-        token_hash: String,
+        token_hash: TokenHash,
     },
     /// The configured service token: an internal caller that may act for
     /// any user (load tests, back office). Off unless configured.
@@ -71,13 +71,13 @@ impl FromRequestParts<AppState> for Caller {
 /// Sliding expiry: database first, then the cache (write-through, the
 /// expiry is the version). A failure only means the session is not
 /// extended this time; the request itself goes on.
-async fn extend(app: &AppState, hash: &str, now: u64) {
+async fn extend(app: &AppState, hash: &TokenHash, now: u64) {
     let db = app.db.clone();
     let expires = now + session::SESSION_TTL.as_millis() as u64;
-    let key = hash.to_string();
+    let key = *hash;
     let result = app
         .sessions
-        .write_through(&hash.to_string(), async move {
+        .write_through(hash, async move {
             match db.extend_session(&key, expires, now).await? {
                 Some(s) => Ok(larder::Versioned {
                     version: s.expires_at_ms,

@@ -119,7 +119,7 @@ async fn login(
     };
     let db = app.db.clone();
     let stored = session.clone();
-    let key = hash.clone();
+    let key = hash;
     app.sessions
         .write_through(&hash, async move {
             db.create_session(&key, &stored).await?;
