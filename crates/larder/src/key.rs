@@ -33,19 +33,110 @@ fn is_unreserved(b: u8) -> bool {
 /// assert_eq!(key, "a%3Ab%2A");
 /// ```
 pub fn escape_into(out: &mut String, raw: &str) {
+    escape(out, raw)
+}
+
+/// Where escaped text goes: a `String`, or a key being built on the stack.
+trait Sink {
+    fn push_str(&mut self, s: &str);
+}
+
+impl Sink for String {
+    fn push_str(&mut self, s: &str) {
+        String::push_str(self, s)
+    }
+}
+
+#[inline]
+fn escape(out: &mut impl Sink, raw: &str) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     // Fast path: ids are nearly always plain.
     if raw.bytes().all(is_unreserved) {
         out.push_str(raw);
         return;
     }
-    for b in raw.bytes() {
+    for (i, b) in raw.bytes().enumerate() {
         if is_unreserved(b) {
-            out.push(b as char);
+            // ASCII: one byte, so `i..i + 1` is a whole character.
+            out.push_str(&raw[i..i + 1]);
         } else {
-            out.push('%');
-            out.push(HEX[(b >> 4) as usize] as char);
-            out.push(HEX[(b & 0xF) as usize] as char);
+            let escaped = [
+                '%',
+                char::from(HEX[usize::from(b >> 4)]),
+                char::from(HEX[usize::from(b & 0xF)]),
+            ];
+            for c in escaped {
+                out.push_str(c.encode_utf8(&mut [0; 4]));
+            }
+        }
+    }
+}
+
+/// A key being built: on the stack while it fits (nearly every key does),
+/// in a `String` past that. A fresh L1 hit looks its key up and is done
+/// with it, so building it on the stack saves the hit an allocation; the
+/// paths that keep a key (a miss, a refresh) make it a `String` then.
+pub(crate) struct KeyBuf {
+    len: usize,
+    inline: [u8; KeyBuf::INLINE],
+    /// The whole key, once it outgrew `inline`.
+    spilled: Option<String>,
+}
+
+impl KeyBuf {
+    /// Room for a namespace, a family name and a 64-digit hash.
+    const INLINE: usize = 96;
+
+    #[inline]
+    pub(crate) fn new() -> KeyBuf {
+        KeyBuf {
+            len: 0,
+            inline: [0; KeyBuf::INLINE],
+            spilled: None,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn as_str(&self) -> &str {
+        match &self.spilled {
+            Some(s) => s,
+            // SAFETY: `inline[..len]` only ever receives whole `&str`s
+            // (`push_str` below), so it is valid UTF-8.
+            None => unsafe { std::str::from_utf8_unchecked(&self.inline[..self.len]) },
+        }
+    }
+
+    pub(crate) fn into_string(self) -> String {
+        match self.spilled {
+            Some(s) => s,
+            None => self.as_str().to_owned(),
+        }
+    }
+
+    /// Empties it, for the next key.
+    #[inline]
+    pub(crate) fn clear(&mut self) {
+        self.len = 0;
+        self.spilled = None;
+    }
+}
+
+impl Sink for KeyBuf {
+    #[inline]
+    fn push_str(&mut self, s: &str) {
+        if let Some(spilled) = &mut self.spilled {
+            spilled.push_str(s);
+            return;
+        }
+        let end = self.len + s.len();
+        if let Some(dest) = self.inline.get_mut(self.len..end) {
+            dest.copy_from_slice(s.as_bytes());
+            self.len = end;
+        } else {
+            let mut spilled = String::with_capacity(end.max(2 * KeyBuf::INLINE));
+            spilled.push_str(self.as_str());
+            spilled.push_str(s);
+            self.spilled = Some(spilled);
         }
     }
 }
@@ -53,7 +144,7 @@ pub fn escape_into(out: &mut String, raw: &str) {
 /// Receives the parts of a key in template order. Handed to
 /// [`KeyPart::write_part`].
 pub struct PartWriter<'a> {
-    out: &'a mut String,
+    out: &'a mut KeyBuf,
     layout: &'a KeyLayout,
     /// Parts written so far.
     written: usize,
@@ -63,9 +154,10 @@ pub struct PartWriter<'a> {
 
 impl PartWriter<'_> {
     /// Writes one part as text; it is escaped on the way in.
+    #[inline]
     pub fn text(&mut self, raw: &str) {
         self.begin_part();
-        escape_into(self.out, raw);
+        escape(self.out, raw);
     }
 
     /// Writes a wildcard when building a pattern; in a plain key, [`Any`] is
@@ -73,13 +165,14 @@ impl PartWriter<'_> {
     fn wildcard(&mut self) {
         if self.pattern {
             self.begin_part();
-            self.out.push('*');
+            self.out.push_str("*");
         } else {
             self.text("*");
         }
     }
 
     /// Writes one integer part (never needs escaping).
+    #[inline]
     pub fn int(&mut self, n: impl itoa::Integer) {
         self.begin_part();
         let mut buf = itoa::Buffer::new();
@@ -88,6 +181,7 @@ impl PartWriter<'_> {
 
     /// Emits the literal text that precedes the next part. Extra parts get
     /// none; the caller sees `written != arity` and rejects the key.
+    #[inline]
     fn begin_part(&mut self) {
         if let Some(lit) = self
             .layout
@@ -101,6 +195,7 @@ impl PartWriter<'_> {
     }
 
     /// Emits the trailing literal; returns how many parts were written.
+    #[inline]
     fn finish(self) -> usize {
         if self.written == self.layout.arity
             && let Some(lit) = self.layout.literals.last()
@@ -120,8 +215,6 @@ pub(crate) struct KeyLayout {
     /// `arity + 1` pieces: before the first part, between parts, after the last.
     literals: Vec<Box<str>>,
     arity: usize,
-    /// Length of all literals: a good initial capacity.
-    literal_len: usize,
 }
 
 impl KeyLayout {
@@ -140,11 +233,9 @@ impl KeyLayout {
         }
         cur.push_str(suffix);
         literals.push(cur.into_boxed_str());
-        let literal_len = literals.iter().map(|l| l.len()).sum();
         KeyLayout {
             arity: literals.len() - 1,
             literals,
-            literal_len,
         }
     }
 
@@ -170,7 +261,8 @@ impl KeyLayout {
 
     /// Writes the key for `parts` into `out`; returns the number of parts
     /// written, which the caller compares with the arity.
-    fn fill_into<P: KeyParts + ?Sized>(&self, out: &mut String, parts: &P) -> usize {
+    #[inline]
+    fn fill_into<P: KeyParts + ?Sized>(&self, out: &mut KeyBuf, parts: &P) -> usize {
         let mut w = PartWriter {
             out,
             layout: self,
@@ -184,7 +276,7 @@ impl KeyLayout {
     /// The pattern for `parts`, where [`Any`] parts match any value (see
     /// [`matches_pattern`]); and the parts written.
     pub(crate) fn fill_pattern<P: KeyParts + ?Sized>(&self, parts: &P) -> (String, usize) {
-        let mut out = String::with_capacity(self.literal_len + 8 * self.arity);
+        let mut out = KeyBuf::new();
         let mut w = PartWriter {
             out: &mut out,
             layout: self,
@@ -193,7 +285,7 @@ impl KeyLayout {
         };
         parts.write_parts(&mut w);
         let n = w.finish();
-        (out, n)
+        (out.into_string(), n)
     }
 
     /// The layout of tag keys for `template`: `<namespace>:tag:{<filled>}`.
@@ -201,11 +293,10 @@ impl KeyLayout {
         KeyLayout::new(template, &tag_prefix(namespace), "}")
     }
 
-    /// The key for parts given as text (a database row's columns), escaped
-    /// exactly as typed parts are: the text `42` gives the key `42` does.
-    /// Missing parts leave the key short; callers pass `arity` of them.
     /// The key for parts given as text (the change stream's row values,
-    /// an operator's command line).
+    /// an operator's command line), escaped exactly as typed parts are: the
+    /// text `42` gives the key `42` does. Missing parts leave the key
+    /// short; callers pass `arity` of them.
     pub(crate) fn fill_texts<S: AsRef<str>>(&self, parts: &[S]) -> String {
         self.fill_texts_as(parts, false)
     }
@@ -216,7 +307,7 @@ impl KeyLayout {
     }
 
     fn fill_texts_as<S: AsRef<str>>(&self, parts: &[S], pattern: bool) -> String {
-        let mut out = String::with_capacity(self.literal_len + 8 * self.arity);
+        let mut out = KeyBuf::new();
         let mut w = PartWriter {
             out: &mut out,
             layout: self,
@@ -230,14 +321,29 @@ impl KeyLayout {
             }
         }
         w.finish();
-        out
+        out.into_string()
     }
 
     /// A new string holding the key for `parts`, and the parts written.
     pub(crate) fn fill<P: KeyParts + ?Sized>(&self, parts: &P) -> (String, usize) {
-        let mut out = String::with_capacity(self.literal_len + 8 * self.arity);
+        let (out, n) = self.fill_buf(parts);
+        (out.into_string(), n)
+    }
+
+    /// The key for `parts` where it fits, on the stack; and the parts
+    /// written.
+    pub(crate) fn fill_buf<P: KeyParts + ?Sized>(&self, parts: &P) -> (KeyBuf, usize) {
+        let mut out = KeyBuf::new();
         let n = self.fill_into(&mut out, parts);
         (out, n)
+    }
+
+    /// The key for `parts` into `out` (cleared first), which the caller
+    /// keeps in its own frame: a hit does not move the buffer around.
+    #[inline]
+    pub(crate) fn fill_in_place<P: KeyParts + ?Sized>(&self, out: &mut KeyBuf, parts: &P) -> usize {
+        out.clear();
+        self.fill_into(out, parts)
     }
 }
 
@@ -629,6 +735,23 @@ pub(crate) fn fmt_duration(d: std::time::Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_past_the_stack_buffer_spills_whole() {
+        let layout = KeyLayout::full("app", &KeyTemplate::parse("a:{x}:b:{y}").unwrap());
+        for len in [0, 1, 100, 110, 111, 112, 113, 127, 128, 129, 300] {
+            for fill in ["x", "é", "*"] {
+                let part = fill.repeat(len);
+                let (buf, n) = layout.fill_buf(&(part.as_str(), 7));
+                assert_eq!(n, 2);
+                let mut expected = String::from("app:{a:");
+                escape_into(&mut expected, &part);
+                expected.push_str(":b:7}");
+                assert_eq!(buf.as_str(), expected, "{len} x {fill:?}");
+                assert_eq!(buf.into_string(), expected);
+            }
+        }
+    }
 
     fn t(s: &str) -> KeyTemplate {
         KeyTemplate::parse(s).unwrap()

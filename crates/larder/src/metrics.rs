@@ -303,6 +303,7 @@ impl FamilyMetrics {
         }
     }
 
+    #[inline]
     pub fn request(&self, outcome: Outcome) {
         // Which tier answered, as an event on the caller's span (a request's,
         // exported as a span event by an OpenTelemetry layer). Off, this is

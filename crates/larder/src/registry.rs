@@ -29,12 +29,17 @@ pub(crate) struct FamilyCore {
     /// Renders values for HTTP as they enter L1 (families with
     /// `render_json`; set by `Cache::family`, which knows `V`).
     pub renderer: Option<crate::render::Renderer>,
+    /// Nanoseconds of freshness left, per µs of load time, beyond which
+    /// early refresh cannot fire ([`early_refresh_due`](Self::early_refresh_due)):
+    /// `30 * beta` in those units, worked out once.
+    early_refresh_far: u64,
 }
 
 impl FamilyCore {
     pub fn new(namespace: &str, policy: CompiledPolicy) -> Self {
         let metrics = FamilyMetrics::new(&policy.policy.name);
         let layout = KeyLayout::full(namespace, &policy.template);
+        let early_refresh_far = (policy.policy.early_refresh.max(0.0) * 30_000.0).ceil() as u64;
         FamilyCore {
             policy,
             namespace: namespace.to_string(),
@@ -42,6 +47,7 @@ impl FamilyCore {
             metrics,
             refresh_backoff: Mutex::new(HashMap::new()),
             renderer: None,
+            early_refresh_far,
         }
     }
 
@@ -79,19 +85,26 @@ impl FamilyCore {
     /// Chierichetti, Lowenstein, VLDB 2015), refresh when
     /// `now - delta * beta * ln(rand) >= expiry`. The probability rises as
     /// expiry nears, faster for entries that are slow to load.
+    #[inline]
     pub fn early_refresh_due(&self, left: Duration, load_us: u32) -> bool {
         let beta = self.policy.policy.early_refresh;
         if beta <= 0.0 || load_us == 0 {
             return false;
         }
-        let delta = f64::from(load_us) / 1e6 * beta;
-        let left = left.as_secs_f64();
         // Far from expiry the probability is below e^-30: skip the draw.
-        if left > delta * 30.0 {
+        // In integers, the way nearly every hit ends: no float on the hit
+        // path.
+        let far_ns = u64::from(load_us).saturating_mul(self.early_refresh_far);
+        let left_ns = left
+            .as_secs()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(u64::from(left.subsec_nanos()));
+        if left_ns > far_ns {
             return false;
         }
+        let delta = f64::from(load_us) / 1e6 * beta;
         let u = 1.0 - rand::random::<f64>(); // (0, 1]
-        left <= -delta * u.ln()
+        left.as_secs_f64() <= -delta * u.ln()
     }
 
     /// Whether a refresh of `key` failed a moment ago (it is not retried

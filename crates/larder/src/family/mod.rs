@@ -47,7 +47,7 @@ use crate::Error;
 use crate::cache::Cache;
 use crate::error::BoxError;
 use crate::flight::{Lookup, Source};
-use crate::key::KeyParts;
+use crate::key::{KeyBuf, KeyParts};
 use crate::metrics::{FamilyStats, Outcome as Counted};
 use crate::registry::FamilyCore;
 use crate::render::Rendered;
@@ -157,14 +157,22 @@ where
     /// The Redis key for `key`: namespace, then the filled template in a hash
     /// tag (`app:{portfolio:42}`), every part escaped.
     pub fn key(&self, key: &K) -> Result<String, Error> {
-        let (full, filled) = self.core.layout.fill(key);
+        let mut buf = KeyBuf::new();
+        self.key_in(&mut buf, key)?;
+        Ok(buf.into_string())
+    }
+
+    /// [`key`](Self::key) into `buf`, on the stack where it fits: what a
+    /// lookup that may not need to keep the key (an L1 hit) builds.
+    fn key_in<'b>(&self, buf: &'b mut KeyBuf, key: &K) -> Result<&'b str, Error> {
+        let filled = self.core.layout.fill_in_place(buf, key);
         debug_assert_eq!(
             filled,
             K::ARITY,
             "arity is checked when the family is opened"
         );
-        self.check_len(&full)?;
-        Ok(full)
+        self.check_len(buf.as_str())?;
+        Ok(buf.as_str())
     }
 
     fn check_len(&self, key: &str) -> Result<(), Error> {
@@ -261,14 +269,15 @@ where
             let ctx = self.ctx();
             return Either::Right(async move { ctx.bypass_one(loader).await }.boxed());
         }
-        let key = match self.key(key) {
+        let mut buf = KeyBuf::new();
+        let key = match self.key_in(&mut buf, key) {
             Ok(key) => key,
             Err(e) => return Either::Left(ready(Err(e))),
         };
-        // An L1 hit is answered here and now: no await, no reference count
-        // touched but the value's own.
+        // An L1 hit is answered here and now: no await, no allocation, no
+        // reference count touched but the value's own.
         if let Some(l1) = shared.l1.as_ref().filter(|_| self.core.policy.policy.l1)
-            && let Some(hit) = l1.get(&key)
+            && let Some(hit) = l1.get(key)
         {
             if hit.is_fresh() {
                 if hit.entry.value.is_some()
@@ -279,7 +288,8 @@ where
                     // or another process's refresh of it: only the latter,
                     // fresh for well longer than ours, saves the load.
                     let keep_if_fresh_for = left + EARLY_REFRESH_MARGIN;
-                    self.ctx().spawn_refresh(key, loader, keep_if_fresh_for);
+                    self.ctx()
+                        .spawn_refresh(key.to_owned(), loader, keep_if_fresh_for);
                 }
                 let fresh = Lookup {
                     value: hit.entry.value.clone(),
@@ -294,6 +304,7 @@ where
                 source: Source::L1,
                 stale: true,
             };
+            let key = key.to_owned();
             let ctx = self.ctx();
             return match self.core.policy.policy.soft_timeout {
                 Some(soft) if !self.core.refresh_backed_off(&key) => {
@@ -329,6 +340,7 @@ where
                 }
             };
         }
+        let key = key.to_owned();
         let ctx = self.ctx();
         let load_ctx = ctx.clone();
         let task_key = key.clone();
@@ -413,9 +425,10 @@ where
             .as_ref()
             .filter(|_| shared.enabled && self.core.policy.policy.l1)
             .map(Arc::clone);
-        let full = self.key(key).ok();
+        let mut buf = KeyBuf::new();
+        let full = self.key_in(&mut buf, key).ok();
         // The hit path: a fresh entry with its body, no refresh due.
-        if let (Some(l1), Some(full)) = (&l1, &full)
+        if let (Some(l1), Some(full)) = (&l1, full)
             && let Some(hit) = l1.get(full)
             && let Some(left) = hit
                 .fresh_for
@@ -439,6 +452,7 @@ where
             });
             return Either::Left(ready(out));
         }
+        let full = full.map(str::to_owned);
         let read = self.get_or_load(key, loader);
         let family = self.name().to_string();
         Either::Right(

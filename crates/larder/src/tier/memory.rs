@@ -152,6 +152,7 @@ impl MemoryTier {
     }
 
     /// The entry for `key`, fresh or stale, unless it is past its grace.
+    #[inline]
     pub fn get(&self, key: &str) -> Option<L1Hit> {
         let entry = self.cache.get(key)?;
         let Some(fresh_until) = entry.fresh_until else {
