@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
@@ -55,22 +55,39 @@ pub struct Point {
 /// Request latencies of the current second and the kept samples.
 ///
 /// std `Mutex`es: each is held for a histogram record or a deque push,
-/// never across an `.await`.
+/// never across an `.await`. The latencies are sharded by thread: every
+/// request records one, and with a single histogram the runtime's workers
+/// met on its lock often enough to park on it (a futex wait and a context
+/// switch, per the ceiling bench's profile); with a shard each they never
+/// do, and the sampler merges the shards once a second.
 pub struct Live {
     requests: AtomicU64,
-    latency: Mutex<Histogram<u64>>,
+    latency: [Mutex<Histogram<u64>>; SHARDS],
     points: Mutex<VecDeque<Point>>,
+}
+
+/// Latency shards: more than the workers a small machine runs.
+const SHARDS: usize = 8;
+
+/// Microseconds, 1 µs to 1 h, 2 significant digits.
+fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("constant histogram bounds are valid")
+}
+
+/// This thread's latency shard: threads take them in turn.
+fn shard() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: usize = NEXT.fetch_add(1, Relaxed) % SHARDS;
+    }
+    SHARD.with(|s| *s)
 }
 
 impl Default for Live {
     fn default() -> Self {
         Live {
             requests: AtomicU64::new(0),
-            // Microseconds, 1 µs to 1 h, 2 significant digits.
-            latency: Mutex::new(
-                Histogram::new_with_bounds(1, 3_600_000_000, 2)
-                    .expect("constant histogram bounds are valid"),
-            ),
+            latency: std::array::from_fn(|_| Mutex::new(latency_histogram())),
             points: Mutex::new(VecDeque::with_capacity(KEEP)),
         }
     }
@@ -85,7 +102,20 @@ impl Live {
     pub fn record(&self, took: Duration) {
         self.requests.fetch_add(1, Relaxed);
         let us = (took.as_micros() as u64).clamp(1, 3_600_000_000);
-        let _ = lock(&self.latency).record(us);
+        let _ = lock(&self.latency[shard()]).record(us);
+    }
+
+    /// The latencies recorded since the last call, all shards merged; the
+    /// shards start over.
+    fn take_latencies(&self) -> Histogram<u64> {
+        let mut all = latency_histogram();
+        for shard in &self.latency {
+            let mut h = lock(shard);
+            // Same bounds: cannot fail.
+            let _ = all.add(&*h);
+            h.reset();
+        }
+        all
     }
 
     /// The kept samples, oldest first.
@@ -117,17 +147,15 @@ pub fn spawn(app: AppState) -> Sampler {
             tick.tick().await;
             let requests = app.live.requests.swap(0, Relaxed);
             let (p50, p99) = {
-                let mut h = lock(&app.live.latency);
-                let out = if h.is_empty() {
+                let h = app.live.take_latencies();
+                if h.is_empty() {
                     (None, None)
                 } else {
                     (
                         Some(h.value_at_quantile(0.5) as f64 / 1000.0),
                         Some(h.value_at_quantile(0.99) as f64 / 1000.0),
                     )
-                };
-                h.reset();
-                out
+                }
             };
             let db = DB_QUERIES.load(Relaxed);
             let families = app.family_stats();
@@ -179,5 +207,33 @@ pub struct Sampler(JoinHandle<()>);
 impl Drop for Sampler {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latencies_from_every_thread_are_merged_once() {
+        let live = std::sync::Arc::new(Live::default());
+        let threads: Vec<_> = (0..2 * SHARDS as u64)
+            .map(|t| {
+                let live = live.clone();
+                std::thread::spawn(move || {
+                    for i in 0..1_000 {
+                        live.record(Duration::from_micros(100 + t * 1_000 + i % 10));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let all = live.take_latencies();
+        assert_eq!(all.len(), 2 * SHARDS as u64 * 1_000);
+        assert!(all.min() >= 100 && all.max() >= (2 * SHARDS as u64 - 1) * 1_000);
+        assert_eq!(live.requests.load(Relaxed), 2 * SHARDS as u64 * 1_000);
+        assert!(live.take_latencies().is_empty(), "the shards start over");
     }
 }
