@@ -688,6 +688,9 @@ impl Cache {
             }
             None => Ok(()),
         };
+        // Again, for the loads that started during the round trip: they may
+        // have read the old versions (see `invalidate_key`).
+        void_tagged(&shared.flights, &shared.families, tag);
         if let Some(l1) = &shared.l1 {
             l1.invalidate_tag(tag);
         }
@@ -729,6 +732,11 @@ impl Cache {
                 shared.deferred.pattern(pattern);
             }
         }
+        // Again, for the loads that started while the keys were being
+        // deleted (see `invalidate_key`).
+        shared
+            .flights
+            .void_matching(|k| matches_pattern(pattern, k));
         if let Some(l1) = &shared.l1 {
             l1.invalidate_pattern(pattern);
         }

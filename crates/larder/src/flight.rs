@@ -262,17 +262,23 @@ impl Flights {
     /// does not fill the cache, and new callers start a fresh load. Writes of
     /// `key` in progress are voided too: they keep their value out of L1.
     pub fn void(&self, key: &str) {
-        {
-            let mut map = self.lock();
-            for k in [key.to_owned(), refresh_key(key)] {
-                if let Some(flight) = map.remove(&k) {
-                    flight.void.store(true, Ordering::Release);
-                }
-            }
-        }
+        self.void_loads(key);
         if let Some(writes) = self.lock_writes().get(key) {
             for (_, void) in writes {
                 void.store(true, Ordering::Release);
+            }
+        }
+    }
+
+    /// Voids the loads (and refreshes) of `key` in progress, not its
+    /// writes: what a write does once its value is in Redis, for the loads
+    /// that started while it was on its way (they may have read the value
+    /// it replaced).
+    pub fn void_loads(&self, key: &str) {
+        let mut map = self.lock();
+        for k in [key.to_owned(), refresh_key(key)] {
+            if let Some(flight) = map.remove(&k) {
+                flight.void.store(true, Ordering::Release);
             }
         }
     }

@@ -106,6 +106,10 @@ pub(crate) async fn apply(shared: &Shared, inv: &Invalidations) -> Result<(), Er
             l2.run_batch::<()>("XADD", &pipe).await?;
         }
     }
+    // And again, now that Redis has it: a load that started during the
+    // round trips may have read an old value from Redis before the deletes
+    // and put it in L1 since (see `Ctx::invalidate_key`).
+    apply_locally(shared, inv);
     Ok(())
 }
 

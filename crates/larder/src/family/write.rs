@@ -102,6 +102,11 @@ impl Ctx {
                     bus.add(&mut pipe, &Event::Key(key.clone()));
                 }
                 let stored = l2.run_batch::<(redis::Value,)>("SET", &pipe).await;
+                // A load that started while the SET was on its way may have
+                // read the value it replaced, from Redis, and would put that
+                // in L1 after ours: void it (the first void, in
+                // `begin_write`, only reached the loads already running).
+                self.shared.flights.void_loads(&key);
                 if stored.is_ok() {
                     self.shared.deferred.forget_key(&key);
                 }
@@ -163,6 +168,12 @@ impl Ctx {
             }
             None => Ok(()),
         };
+        // Again, now that Redis no longer holds the value: a load that
+        // started during the round trip (after the first void) may have read
+        // it from Redis before the UNLINK and would put it in L1 after the
+        // removal below. Voided here, its put is refused or undone; a load
+        // that starts after this reads Redis after the UNLINK.
+        self.shared.flights.void(key);
         self.l1_remove(key);
         match result {
             Ok(()) => self.shared.deferred.forget_key(key),

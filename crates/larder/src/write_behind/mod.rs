@@ -182,6 +182,10 @@ where
                 );
             }
         }
+        // Loads that started while the write was on its way may have read
+        // the value it replaces from Redis: they must not put it in L1 after
+        // this one (see `Ctx::write`).
+        ctx.shared.flights.void_loads(&full);
         if guard.is_void() {
             ctx.l1_remove(&full);
         } else {
