@@ -6,35 +6,40 @@ mod support;
 
 use std::time::Duration;
 
+use axum::Json;
 use axum::Router;
-use axum::body::Body;
-use axum::http::{Request, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::routing::get;
+use serde_json::{Value, json};
 use support::Setup;
-use tower::ServiceExt;
 use trading::http::front::FrontLayer;
 
 /// The routes, behind the front with a `timeout`.
 async fn router(timeout: Duration) -> (Router, support::Backing, trading::app::AppState) {
     let (state, _, backing) = support::start(Setup::Embedded, false).await;
     let router = Router::new()
-        .route("/api/fast", get(|| async { "fast" }))
+        .route("/api/fast", get(|| async { Json(json!("fast")) }))
         .route(
             "/api/cached",
-            get(|| async { ([(header::CACHE_CONTROL, "public, max-age=5")], "cached") }),
+            get(|| async {
+                (
+                    [(header::CACHE_CONTROL, "public, max-age=5")],
+                    Json(json!("cached")),
+                )
+            }),
         )
         .route(
             "/api/slow",
             get(|| async {
                 std::future::pending::<()>().await;
-                "never"
+                Json(json!("never"))
             }),
         )
         .route(
             "/api/after-a-while",
             get(|| async {
                 tokio::task::yield_now().await;
-                "later"
+                Json(json!("later"))
             }),
         )
         .route(
@@ -43,26 +48,17 @@ async fn router(timeout: Duration) -> (Router, support::Backing, trading::app::A
                 if std::hint::black_box(true) {
                     panic!("a handler bug");
                 }
-                "unreachable"
+                Json(json!("unreachable"))
             }),
         )
-        .route("/not-api", get(|| async { "page" }))
+        .route("/not-api", get(|| async { Json(json!("page")) }))
         .layer(FrontLayer::new(state.clone(), timeout));
     (router, backing, state)
 }
 
-async fn send(router: &Router, path: &str) -> (StatusCode, axum::http::HeaderMap, String) {
-    let request = Request::get(path).body(Body::empty()).unwrap();
-    let response = tokio::time::timeout(Duration::from_secs(10), router.clone().oneshot(request))
-        .await
-        .unwrap_or_else(|_| panic!("{path}: no answer within 10 s"))
-        .unwrap();
-    let status = response.status();
-    let headers = response.headers().clone();
-    let body = axum::body::to_bytes(response.into_body(), 1 << 20)
-        .await
-        .unwrap();
-    (status, headers, String::from_utf8_lossy(&body).into_owned())
+/// `GET path`, no token: the status, the headers and the JSON answer.
+async fn send(router: &Router, path: &str) -> (StatusCode, axum::http::HeaderMap, Value) {
+    support::call(router, "GET", path, None, None).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -70,11 +66,11 @@ async fn a_handler_past_the_timeout_is_a_503_and_a_quick_one_is_untouched() {
     let (router, _db, _) = router(Duration::from_millis(200)).await;
     let (status, _, body) = send(&router, "/api/slow").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-    assert!(body.contains("error"), "a JSON error: {body}");
+    assert!(body["error"].is_string(), "a JSON error: {body}");
     // Pending once, then answered: the timer armed on the way does not fire.
     for _ in 0..100 {
         let (status, _, body) = send(&router, "/api/after-a-while").await;
-        assert_eq!((status, body.as_str()), (StatusCode::OK, "later"));
+        assert_eq!((status, body), (StatusCode::OK, json!("later")));
     }
 }
 
@@ -84,10 +80,13 @@ async fn a_panicking_handler_is_a_500_and_the_service_goes_on() {
     for _ in 0..3 {
         let (status, _, body) = send(&router, "/api/boom").await;
         assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
-        assert!(!body.contains("a handler bug"), "no internals leak: {body}");
+        assert!(
+            !body.to_string().contains("a handler bug"),
+            "no internals leak: {body}"
+        );
     }
     let (status, _, body) = send(&router, "/api/fast").await;
-    assert_eq!((status, body.as_str()), (StatusCode::OK, "fast"));
+    assert_eq!((status, body), (StatusCode::OK, json!("fast")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
